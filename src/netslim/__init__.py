@@ -1,0 +1,36 @@
+"""netslim: prune, factorize and quantize PyTorch and Hugging Face models.
+
+Example:
+    >>> import netslim
+    >>> lm = netslim.load_model("smollm2-135m")
+    >>> result = netslim.compress(lm, netslim.WandaConfig(sparsity=0.5))
+    >>> netslim.save(result, "out/")
+    >>> netslim.evaluate(netslim.load("out/")).ppl
+"""
+
+__version__ = "0.1.0"
+
+from netslim.api import CompressionResult, Evaluation, calibration, compress, evaluate  # noqa: E402
+from netslim.errors import NetslimError  # noqa: E402
+from netslim.export import load, save  # noqa: E402
+from netslim.methods import MagnitudeConfig, WandaConfig, method_names  # noqa: E402
+from netslim.models.loading import LoadedModel, load_model  # noqa: E402
+from netslim.recipe import load_recipe, parse_recipe  # noqa: E402
+
+__all__ = [
+    "CompressionResult",
+    "Evaluation",
+    "LoadedModel",
+    "MagnitudeConfig",
+    "NetslimError",
+    "WandaConfig",
+    "calibration",
+    "compress",
+    "evaluate",
+    "load",
+    "load_model",
+    "load_recipe",
+    "method_names",
+    "parse_recipe",
+    "save",
+]

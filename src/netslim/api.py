@@ -1,0 +1,185 @@
+"""The Python API: ``compress``, ``evaluate``, ``calibration`` (and ``save``/``load`` in export).
+
+Example:
+    >>> import netslim
+    >>> lm = netslim.load_model("smollm2-135m")
+    >>> result = netslim.compress(lm, netslim.WandaConfig(sparsity=0.5, pattern="2:4"))
+    >>> netslim.evaluate(result.model, lm.tokenizer).ppl
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from netslim.data.sources import resolve_text
+from netslim.data.windows import TokenWindows, calibration_windows, evaluation_windows, tokenize
+from netslim.engine.sequential import run_stages
+from netslim.errors import ConfigError
+from netslim.eval.perplexity import Perplexity, perplexity
+from netslim.eval.size import ModelSize, model_size
+from netslim.methods.base import MethodConfig
+from netslim.models.adapter import ModelAdapter
+from netslim.models.loading import LoadedModel, load_model
+from netslim.recipe import RecipeLike, parse_recipe
+
+
+@dataclass
+class CompressionResult:
+    """What :func:`compress` returns.
+
+    Attributes:
+        model: The compressed model (the input model, modified in place).
+        tokenizer: Its tokenizer, when known.
+        recipe: The validated stages that were applied.
+        layers: One record per compressed layer: name, shape, sparsity, methods, extras.
+        calibration: Provenance of the calibration windows, or ``None`` when data-free.
+        seconds: Wall time of the compression.
+        peak_rss_bytes: Peak resident memory of the process so far.
+        source: Where the model came from.
+        report: The full report, when a job evaluated before and after.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    recipe: list[MethodConfig]
+    layers: list[dict]
+    calibration: dict | None
+    seconds: float
+    peak_rss_bytes: int
+    source: str = "in-memory model"
+    report: dict | None = field(default=None)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate` returns: perplexity under its protocol, and the model's size."""
+
+    perplexity: Perplexity
+    size: ModelSize
+
+    @property
+    def ppl(self) -> float:
+        """The perplexity."""
+        return self.perplexity.ppl
+
+    def as_dict(self) -> dict:
+        """``ppl``, ``params``, ``nonzero_params``, ``size_bytes``."""
+        return {"ppl": self.ppl, **self.size.as_dict()}
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _unpack(model: nn.Module | LoadedModel | str, tokenizer: Any) -> tuple[nn.Module, Any, str]:
+    if isinstance(model, str):
+        model = load_model(model)
+    if isinstance(model, LoadedModel):
+        return model.model, tokenizer or model.tokenizer, model.source
+    return model, tokenizer, "in-memory model"
+
+
+def bos_id(model: nn.Module, tokenizer: Any) -> int | None:
+    """The BOS id to start every window with, or ``None`` if the family does not want one."""
+    if not ModelAdapter.from_model(model).spec.bos_per_window:
+        return None
+    token = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
+    return token if token is not None else getattr(model.config, "bos_token_id", None)
+
+
+def calibration(
+    model: nn.Module | LoadedModel,
+    tokenizer: Any = None,
+    source: str = "wikitext2:valid",
+    windows: int = 64,
+    seqlen: int = 512,
+    seed: int = 0,
+) -> TokenWindows:
+    """Seeded random calibration windows from a text file or ``wikitext2:valid``."""
+    model, tokenizer, _ = _unpack(model, tokenizer)
+    if tokenizer is None:
+        raise ConfigError("building calibration windows from text needs a tokenizer; pass tokenizer=")
+    text = resolve_text(source, default_split="valid")
+    return calibration_windows(tokenize(tokenizer, text.text), seqlen, windows, seed, bos_id(model, tokenizer), text.name)
+
+
+def compress(
+    model: nn.Module | LoadedModel | str,
+    recipe: RecipeLike,
+    calibration: TokenWindows | torch.Tensor | None = None,
+    *,
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> CompressionResult:
+    """Compress ``model`` in place with the stages of ``recipe``.
+
+    Args:
+        model: A ``transformers`` causal LM, a :class:`LoadedModel`, or a source for
+            :func:`load_model`.
+        recipe: A config, a stage mapping, or a list of them.
+        calibration: Token windows (a :class:`TokenWindows` or an (N, seqlen) id tensor).
+            When ``None`` and a stage needs data, 64 windows of 512 tokens of WikiText-2 valid
+            with seed 0 are drawn.
+        tokenizer: Needed only to draw the default calibration data from an ``nn.Module``.
+        progress: Show a progress bar per pass.
+    """
+    stages = parse_recipe(recipe)
+    module, tokenizer, source = _unpack(model, tokenizer)
+    adapter = ModelAdapter.from_model(module)
+    windows = _calibration_windows(module, tokenizer, stages, calibration)
+    start = time.perf_counter()
+    layers = run_stages(adapter, stages, windows, progress=progress)
+    return CompressionResult(
+        model=module,
+        tokenizer=tokenizer,
+        recipe=stages,
+        layers=layers,
+        calibration=windows.describe() if windows is not None else None,
+        seconds=time.perf_counter() - start,
+        peak_rss_bytes=peak_rss_bytes(),
+        source=source,
+    )
+
+
+def _calibration_windows(model, tokenizer, stages, given) -> TokenWindows | None:
+    if not any(stage.needs for stage in stages):
+        return None
+    if isinstance(given, TokenWindows):
+        return given
+    if isinstance(given, torch.Tensor):
+        if given.dim() != 2:
+            raise ConfigError(f"calibration ids must have shape (windows, seqlen), got {tuple(given.shape)}")
+        return TokenWindows(given.long(), "token tensor", given.shape[1], None, False)
+    if given is not None:
+        raise ConfigError(f"calibration must be TokenWindows or an id tensor, got {type(given).__name__}")
+    return calibration(model, tokenizer)
+
+
+def evaluate(
+    model: nn.Module | LoadedModel | str,
+    tokenizer: Any = None,
+    data: str | TokenWindows = "wikitext2:test",
+    seqlen: int = 512,
+    windows: int | None = 80,
+    progress: bool = True,
+) -> Evaluation:
+    """Perplexity on non-overlapping windows (the first ``windows`` of ``data``) and model size.
+
+    Args:
+        data: A text file, ``wikitext2[:split]``, or ready :class:`TokenWindows`.
+        windows: How many windows from the start of the text; ``None`` for all.
+    """
+    module, tokenizer, _ = _unpack(model, tokenizer)
+    if not isinstance(data, TokenWindows):
+        if tokenizer is None:
+            raise ConfigError("evaluating on text needs a tokenizer; pass tokenizer=")
+        text = resolve_text(data, default_split="test")
+        data = evaluation_windows(tokenize(tokenizer, text.text), seqlen, windows, bos_id(module, tokenizer), text.name)
+    return Evaluation(perplexity(module, data, progress=progress), model_size(module))

@@ -1,0 +1,145 @@
+"""Command-line interface, a thin layer over the Python API.
+
+    netslim demo
+    netslim compress smollm2-135m --method wanda --sparsity 0.5 --out pruned/
+    netslim eval pruned/
+    netslim info pruned/
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from netslim.errors import NetslimError
+
+app = typer.Typer(
+    help="Prune, factorize and quantize language models; measure the cost; export a smaller model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+Seqlen = Annotated[int, typer.Option(help="Tokens per window (calibration and evaluation).")]
+EvalFile = Annotated[str, typer.Option("--eval", help="Evaluation text: a .txt file or wikitext2[:test].")]
+EvalWindows = Annotated[int, typer.Option(help="Evaluate on the first N non-overlapping windows (0 = all).")]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _run(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except NetslimError as exc:
+        _fail(str(exc))
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  netslim compress smollm2-135m --method wanda --sparsity 0.5 --out wanda50/\n\n"
+    "  netslim compress smollm2-135m --method magnitude --pattern 2:4 --out mag24/\n\n"
+    "  netslim compress ./my-llama --recipe recipe.yaml --calib notes.txt --out slim/"
+)
+def compress(
+    model: Annotated[str, typer.Argument(help="Local folder, .gguf file, alias (smollm2-135m) or hub id.")],
+    out: Annotated[Path, typer.Option(help="Output folder (must not exist unless --overwrite).")],
+    method: Annotated[Optional[str], typer.Option(help="Method name, e.g. wanda or magnitude.")] = None,
+    sparsity: Annotated[Optional[float], typer.Option(help="Fraction of weights to remove, in (0, 1).")] = None,
+    pattern: Annotated[Optional[str], typer.Option(help="'unstructured' or N:M such as 2:4.")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(help="YAML/JSON recipe file instead of --method.")] = None,
+    calib: Annotated[str, typer.Option(help="Calibration text: a .txt file or wikitext2[:valid].")] = "wikitext2:valid",
+    eval_file: EvalFile = "wikitext2:test",
+    seqlen: Seqlen = 512,
+    calib_windows: Annotated[int, typer.Option(help="Number of calibration windows.")] = 64,
+    eval_windows: EvalWindows = 80,
+    seed: Annotated[int, typer.Option(help="Seed for drawing calibration windows.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Compress MODEL, evaluate it before and after, and write it with report.json/report.md."""
+    from netslim.job import Protocol, compress_job  # noqa: PLC0415  (keeps --help fast)
+    from netslim.recipe import load_recipe  # noqa: PLC0415
+
+    if recipe is not None and (method or sparsity is not None or pattern):
+        _fail("give either --recipe or --method/--sparsity/--pattern, not both")
+    if recipe is None and method is None:
+        _fail("give --method (e.g. --method wanda) or --recipe FILE")
+    if recipe is not None:
+        stages = _run(load_recipe, recipe)
+    else:
+        stage = {"method": method}
+        stage.update({k: v for k, v in (("sparsity", sparsity), ("pattern", pattern)) if v is not None})
+        stages = [stage]
+    protocol = Protocol(seqlen, calib, calib_windows, eval_file, eval_windows or None, seed)
+    result = _run(compress_job, model, stages, out, protocol, overwrite)
+    _print_summary(result.report)
+    console.print(f"wrote {out}")
+
+
+@app.command("eval", epilog="Examples:\n\n  netslim eval smollm2-135m\n\n  netslim eval wanda50/ --eval-windows 0")
+def eval_(
+    model: Annotated[str, typer.Argument(help="Local folder, netslim output, .gguf file, alias or hub id.")],
+    eval_file: EvalFile = "wikitext2:test",
+    seqlen: Seqlen = 512,
+    eval_windows: EvalWindows = 80,
+) -> None:
+    """Perplexity and size of MODEL under the stated protocol."""
+    from netslim.api import evaluate  # noqa: PLC0415
+
+    result = _run(evaluate, model, data=eval_file, seqlen=seqlen, windows=eval_windows or None)
+    proto = result.perplexity.protocol()
+    console.print(
+        f"perplexity {result.ppl:.3f} on {proto['dataset']} (seqlen {proto['seqlen']}, "
+        f"{proto['windows']} windows, {proto['tokens']} tokens); parameters {result.size.params:,}, "
+        f"non-zero {result.size.nonzero_params:,}"
+    )
+
+
+@app.command(epilog="Example:\n\n  netslim info wanda50/")
+def info(folder: Annotated[Path, typer.Argument(help="A folder written by netslim compress.")]) -> None:
+    """Show the recipe, protocol and results stored in a netslim output folder."""
+    from netslim.export.load import read_marker  # noqa: PLC0415
+
+    marker = _run(read_marker, folder)
+    report_file = folder / "report.json"
+    console.print(f"[bold]{folder}[/bold]  format {marker['format']}, netslim {marker['netslim_version']}, source {marker['source']}")
+    for stage in marker["recipe"]:
+        console.print("  stage: " + json.dumps(stage))
+    if report_file.is_file():
+        _print_summary(json.loads(report_file.read_text(encoding="utf-8")))
+
+
+@app.command(epilog="Example:\n\n  netslim demo")
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("netslim-demo"),
+    overwrite: Annotated[bool, typer.Option(help="Replace the output folder if it exists.")] = True,
+) -> None:
+    """Prune smollm2-135m with Wanda at 50% under the small protocol and print before/after."""
+    from netslim.job import Protocol, compress_job  # noqa: PLC0415
+
+    console.print("netslim demo: Wanda 50% on SmolLM2-135M, WikiText-2 (seqlen 512, 64 calibration / 80 test windows)")
+    result = _run(compress_job, "smollm2-135m", [{"method": "wanda", "sparsity": 0.5}], out, Protocol(), overwrite)
+    _print_summary(result.report)
+    console.print(f"wrote {out} (model, recipe.yaml, report.json, report.md)")
+
+
+def _print_summary(report: dict) -> None:
+    proto = report["protocol"]
+    table = Table(title=f"{report['model']}: perplexity on {proto['dataset']} "
+                  f"(seqlen {proto['seqlen']}, {proto['windows']} windows, {proto['tokens']} tokens)")
+    for column in ("", "perplexity", "parameters", "non-zero", "seconds"):
+        table.add_column(column, justify="right")
+    base, comp = report["baseline"], report["compressed"]
+    table.add_row("dense", f"{base['ppl']:.3f}", f"{base['params']:,}", f"{base['nonzero_params']:,}", "")
+    table.add_row("compressed", f"{comp['ppl']:.3f}", f"{comp['params']:,}", f"{comp['nonzero_params']:,}",
+                  f"{report['compress_seconds']:.1f}")
+    console.print(table)
+

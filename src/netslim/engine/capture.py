@@ -1,0 +1,91 @@
+"""Capturing the inputs of the decoder blocks, and running one block on them.
+
+The hidden states entering block 0 are recorded for every calibration window by a forward
+pre-hook that stops the model with a private exception. The other arguments each block
+receives (rotary embeddings, masks, position ids) do not depend on the weights and are the
+same for every window of one length, so they are recorded once per block from a single full
+forward pass of the first window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from netslim.models.adapter import ModelAdapter
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook to end a forward pass early; never escapes this module."""
+
+
+@dataclass
+class BlockCall:
+    """Everything a block is called with, except its hidden-state input."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def _split_hidden(args: tuple, kwargs: dict) -> tuple[torch.Tensor, BlockCall]:
+    if args:
+        return args[0], BlockCall(tuple(args[1:]), dict(kwargs))
+    rest = dict(kwargs)
+    return rest.pop("hidden_states"), BlockCall((), rest)
+
+
+@torch.no_grad()
+def capture_block_inputs(
+    adapter: ModelAdapter, ids: torch.Tensor
+) -> tuple[torch.Tensor, list[BlockCall]]:
+    """Hidden states entering block 0 for each window, and each block's other call arguments.
+
+    Args:
+        adapter: The model's adapter.
+        ids: Token windows, shape (windows, seqlen).
+
+    Returns:
+        ``(hidden, calls)``: hidden of shape (windows, seqlen, hidden_size) on the model's
+        device, and one :class:`BlockCall` per block.
+    """
+    model, device = adapter.model, adapter.device
+    hidden: list[torch.Tensor] = []
+    calls: list[BlockCall | None] = [None] * adapter.num_blocks
+    stop_after_first = [False]
+
+    def make_hook(index: int):
+        def hook(_module: nn.Module, args: tuple, kwargs: dict):
+            state, call = _split_hidden(args, kwargs)
+            if index == 0:
+                hidden.append(state.detach())
+            if calls[index] is None:
+                calls[index] = call
+            if stop_after_first[0]:
+                raise _StopForward
+
+        return hook
+
+    handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(adapter.blocks)]
+    try:
+        for w in range(ids.shape[0]):
+            stop_after_first[0] = w > 0
+            try:
+                model(ids[w : w + 1].to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat(hidden, dim=0), calls  # type: ignore[return-value]
+
+
+def run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall, batch_size: int = 1) -> torch.Tensor:
+    """Run ``block`` over ``hidden`` (windows, seqlen, width) in micro-batches; same shape out."""
+    outs = []
+    for start in range(0, hidden.shape[0], batch_size):
+        out = block(hidden[start : start + batch_size], *call.args, **call.kwargs)
+        outs.append(out[0] if isinstance(out, tuple) else out)
+    return torch.cat(outs, dim=0)

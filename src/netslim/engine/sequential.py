@@ -1,0 +1,163 @@
+"""The sequential layer-wise calibration loop.
+
+For each block in order: gather the input statistics the stages need through forward hooks,
+let each stage act on the block's projections, then recompute the block's outputs with the
+compressed weights and feed them to the next block. Peak memory is the model plus one
+block's activations for the calibration windows.
+
+Stages of layer or block scope run together in one pass over the blocks; a model-scope stage
+(which needs the whole model, e.g. removing blocks) ends the pass and runs on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from netslim.data.windows import TokenWindows
+from netslim.engine.capture import BlockCall, capture_block_inputs, run_block
+from netslim.engine.stats import InputStats, LayerStats, Stat
+from netslim.errors import ConfigError
+from netslim.methods.base import BlockView, MethodConfig, Scope, layer_view
+from netslim.methods.registry import get_method
+from netslim.models.adapter import ModelAdapter, linear_weight
+
+
+class LayerLog:
+    """Per-layer records of what the stages did, in block order."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict] = {}
+
+    def add(self, name: str, module: nn.Module, method: str, extra: dict | None) -> None:
+        """Record that ``method`` acted on ``name``; sparsity is measured from the weight now."""
+        record = self.records.setdefault(name, {"name": name, "methods": []})
+        weight = linear_weight(module) if hasattr(module, "weight") else None
+        if weight is not None:
+            record["shape"] = list(weight.shape)
+            record["sparsity"] = float((weight == 0).sum()) / weight.numel()
+        record["methods"].append(method)
+        record.update(extra or {})
+
+    def as_list(self) -> list[dict]:
+        """Records in the order layers were first touched."""
+        return list(self.records.values())
+
+
+def run_stages(
+    adapter: ModelAdapter,
+    stages: Sequence[MethodConfig],
+    calibration: TokenWindows | None,
+    progress: bool = True,
+) -> list[dict]:
+    """Apply ``stages`` to the adapter's model in place and return the per-layer records.
+
+    Raises:
+        ConfigError: if a stage needs calibration data and none was given.
+    """
+    log = LayerLog()
+    model = adapter.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for group in _passes(stages):
+                if get_method(group[0].method).scope is Scope.MODEL:
+                    get_method(group[0].method).fn(adapter, calibration, group[0], log)
+                else:
+                    _sequential_pass(adapter, group, calibration, log, progress)
+    finally:
+        model.train(was_training)
+    return log.as_list()
+
+
+def _passes(stages: Sequence[MethodConfig]) -> list[list[MethodConfig]]:
+    """Split stages into runs of layer/block scope stages and single model-scope stages."""
+    passes: list[list[MethodConfig]] = []
+    for cfg in stages:
+        if get_method(cfg.method).scope is Scope.MODEL:
+            passes.append([cfg])
+        elif passes and get_method(passes[-1][0].method).scope is not Scope.MODEL:
+            passes[-1].append(cfg)
+        else:
+            passes.append([cfg])
+    return passes
+
+
+def _sequential_pass(
+    adapter: ModelAdapter,
+    stages: list[MethodConfig],
+    calibration: TokenWindows | None,
+    log: LayerLog,
+    progress: bool,
+) -> None:
+    needs_data = [cfg.method for cfg in stages if cfg.needs]
+    if needs_data and calibration is None:
+        raise ConfigError(f"method {needs_data[0]} needs calibration data; pass calibration windows")
+    hidden, calls = capture_block_inputs(adapter, calibration.ids) if needs_data else (None, [])
+    names = "+".join(cfg.method for cfg in stages)
+    for index in tqdm(range(adapter.num_blocks), desc=names, unit="block", disable=not progress):
+        call = calls[index] if needs_data else None
+        for cfg in stages:
+            _apply_stage(adapter, index, cfg, hidden, call, log)
+        if needs_data and index + 1 < adapter.num_blocks:
+            hidden = run_block(adapter.blocks[index], hidden, call)
+
+
+def _apply_stage(
+    adapter: ModelAdapter,
+    index: int,
+    cfg: MethodConfig,
+    hidden: torch.Tensor | None,
+    call: BlockCall | None,
+    log: LayerLog,
+) -> None:
+    entry = get_method(cfg.method)
+    groups = [[n for n in group if not cfg.ignores(n)] for group in adapter.block_input_groups(index)]
+    groups = [g for g in groups if g]
+    if entry.scope is Scope.BLOCK:
+        stats = _collect(adapter, index, groups, cfg.needs, hidden, call)
+        view = BlockView(index, adapter.blocks[index], adapter, {n: layer_view(adapter, index, n) for g in groups for n in g})
+        for name, extra in (entry.fn(view, stats, cfg) or {}).items():
+            log.add(name, view.layers[name].module if name in view.layers else adapter.model.get_submodule(name), cfg.method, extra)
+        return
+    subsets = [[g] for g in groups] if cfg.true_sequential else [groups]
+    for subset in subsets:
+        stats = _collect(adapter, index, subset, cfg.needs, hidden, call)
+        for group in subset:
+            for name in group:
+                layer = layer_view(adapter, index, name)
+                extra = entry.fn(layer, stats.get(name), cfg)
+                log.add(name, layer.module, cfg.method, extra)
+        del stats
+
+
+def _collect(
+    adapter: ModelAdapter,
+    index: int,
+    groups: list[list[str]],
+    needs: frozenset[Stat],
+    hidden: torch.Tensor | None,
+    call: BlockCall | None,
+) -> dict[str, LayerStats]:
+    """Run block ``index`` over the calibration states with hooks; stats per layer name."""
+    if not needs or hidden is None:
+        return {}
+    block = adapter.blocks[index]
+    accumulators: dict[str, InputStats] = {}
+    handles = []
+    for group in groups:
+        first = adapter.model.get_submodule(group[0])
+        acc = InputStats(linear_weight(first).shape[1], needs, hidden.device)
+        handles.append(first.register_forward_hook(lambda _m, inp, _o, acc=acc: acc.add(inp[0])))
+        for name in group:
+            accumulators[name] = acc
+    try:
+        run_block(block, hidden, call)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: acc.view() for name, acc in accumulators.items()}

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, model size, and the compression report."""

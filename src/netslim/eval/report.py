@@ -1,0 +1,55 @@
+"""The compression report: ``report.json`` (machine-readable) and ``report.md`` (for people)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A readable summary of a report dict built by :func:`netslim.job.compress_job`."""
+    proto = report["protocol"]
+    calib = proto.get("calibration") or {}
+    base, comp = report["baseline"], report["compressed"]
+    lines = [
+        f"# netslim report: {report['model']}",
+        "",
+        "## Recipe",
+        "",
+        *[f"- `{_stage(s)}`" for s in report["recipe"]],
+        "",
+        "## Protocol",
+        "",
+        f"- evaluation: {proto['dataset']}, seqlen {proto['seqlen']}, {proto['windows']} non-overlapping "
+        f"windows ({proto['tokens']} tokens, {proto['predicted_tokens']} predicted), "
+        f"BOS per window: {proto['bos_per_window']}; ppl = exp(mean NLL of predicted tokens)",
+        f"- calibration: {calib.get('source', 'none (data-free)')}, {calib.get('windows', 0)} windows of "
+        f"{calib.get('seqlen', '-')} tokens, seed {calib.get('seed', '-')}",
+        "",
+        "## Results",
+        "",
+        "| | perplexity | parameters | non-zero parameters | size (MB) |",
+        "|---|---:|---:|---:|---:|",
+        _row("baseline", base),
+        _row("compressed", comp),
+        "",
+        f"Compression took {report['compress_seconds']:.1f} s; peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB.",
+        "",
+        "## Layers",
+        "",
+        "| layer | shape | sparsity |",
+        "|---|---|---:|",
+        *[f"| {r['name']} | {'x'.join(map(str, r.get('shape', [])))} | {r.get('sparsity', 0):.4f} |" for r in report["layers"]],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _stage(stage: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in stage.items() if v not in ((), [], None))
+
+
+def _row(label: str, side: dict[str, Any]) -> str:
+    return (
+        f"| {label} | {side['ppl']:.3f} | {side['params']:,} | {side['nonzero_params']:,} | "
+        f"{side['size_bytes'] / 1e6:.1f} |"
+    )

@@ -1,0 +1,66 @@
+"""Loading a netslim output folder back into a working model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from netslim.errors import ModelNotFoundError, NetslimError
+from netslim.export.modules import rebuild_modules
+from netslim.models.loading import NETSLIM_MARKER, LoadedModel, load_hf_folder, load_tokenizer
+
+SUPPORTED_FORMATS = ("dense", "modules")
+
+
+def read_marker(path: str | os.PathLike) -> dict:
+    """The ``netslim.json`` of an output folder.
+
+    Raises:
+        ModelNotFoundError: if the folder is not a netslim output.
+    """
+    marker = Path(path) / NETSLIM_MARKER
+    if not marker.is_file():
+        raise ModelNotFoundError(f"'{path}' is not a netslim output folder (no {NETSLIM_MARKER})")
+    return json.loads(marker.read_text(encoding="utf-8"))
+
+
+def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a folder written by :func:`netslim.save`, rebuilding compressed modules.
+
+    Raises:
+        ModelNotFoundError: if the folder is not a netslim output.
+        NetslimError: if it was written in a storage format this version cannot read.
+    """
+    folder = Path(path)
+    info = read_marker(folder)
+    fmt = info.get("format")
+    if fmt not in SUPPORTED_FORMATS:
+        raise NetslimError(f"'{path}' uses storage format '{fmt}', which this netslim cannot read; upgrade netslim")
+    if fmt == "dense":
+        return load_hf_folder(folder, dtype, str(path))
+    return LoadedModel(_load_with_modules(folder, info["modules"], dtype), load_tokenizer(folder), str(path))
+
+
+def _load_with_modules(folder: Path, specs: dict, dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    rebuild_modules(model, specs)
+    state: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(file))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise NetslimError(
+            f"'{folder}' does not match its netslim.json: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model.eval()

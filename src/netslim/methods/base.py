@@ -1,0 +1,97 @@
+"""What every method shares: the config base class, the views methods act on, and scopes.
+
+A method is a validated config plus a function, registered by name
+(:func:`netslim.methods.registry.register_method`). The engine calls the function once per
+Linear layer (``Scope.LAYER``), once per block (``Scope.BLOCK``) or once for the whole model
+(``Scope.MODEL``), handing it the calibration statistics its config declares in ``needs``.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from netslim.engine.stats import LayerStats, Stat
+from netslim.models.adapter import ModelAdapter, linear_weight
+
+
+class Scope(str, enum.Enum):
+    """The unit a method's function acts on."""
+
+    LAYER = "layer"
+    BLOCK = "block"
+    MODEL = "model"
+
+
+class MethodConfig(BaseModel):
+    """Base of all method configs: frozen, and a typo in any field is an error.
+
+    Attributes:
+        method: The registry name (a ``Literal`` in each subclass).
+        version: Config schema version, stored with recipes.
+        ignore: ``fnmatch`` patterns of full module names to leave untouched, e.g.
+            ``["model.layers.0.*", "*.down_proj"]``.
+        true_sequential: Calibrate the groups of a block one after another (q/k/v, then o,
+            then gate/up, then down), so each group sees the inputs produced by the already
+            compressed groups before it. Costs one block forward per group.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str
+    version: int = 1
+    ignore: tuple[str, ...] = ()
+    true_sequential: bool = False
+
+    needs: ClassVar[frozenset[Stat]] = frozenset()
+
+    def ignores(self, name: str) -> bool:
+        """Whether module ``name`` matches an ignore pattern."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore)
+
+
+@dataclass
+class LayerView:
+    """One projection inside a block, as a method sees it."""
+
+    name: str
+    module: nn.Module
+    block_index: int
+    parent: nn.Module
+    attr: str
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight as an (out_features, in_features) view; write into it in place."""
+        return linear_weight(self.module)
+
+    def replace(self, new_module: nn.Module) -> None:
+        """Swap the module for another (a quantized or factorized one) in its parent."""
+        setattr(self.parent, self.attr, new_module)
+        self.module = new_module
+
+
+@dataclass
+class BlockView:
+    """One decoder block, its projections and the adapter, for block-scope methods."""
+
+    index: int
+    module: nn.Module
+    adapter: ModelAdapter
+    layers: dict[str, LayerView] = field(default_factory=dict)
+
+
+def layer_view(adapter: ModelAdapter, block_index: int, name: str) -> LayerView:
+    """Build the :class:`LayerView` of full module name ``name`` in block ``block_index``."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = adapter.model.get_submodule(parent_name)
+    return LayerView(name, getattr(parent, attr), block_index, parent, attr)
+
+
+__all__ = ["BlockView", "LayerStats", "LayerView", "MethodConfig", "Scope", "Stat", "layer_view"]

@@ -1,0 +1,114 @@
+"""Method registry: name -> (config class, function, scope).
+
+Example:
+    >>> @register_method("wanda", WandaConfig)
+    ... def wanda(layer: LayerView, stats: LayerStats, cfg: WandaConfig) -> dict: ...
+    >>> build_config({"method": "wanda", "sparsity": 0.5})
+    WandaConfig(method='wanda', sparsity=0.5, ...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from netslim.errors import ConfigError, did_you_mean
+from netslim.methods.base import MethodConfig, Scope
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered method."""
+
+    name: str
+    config_cls: type[MethodConfig]
+    fn: Callable[..., Any]
+    scope: Scope
+
+
+_METHODS: dict[str, MethodEntry] = {}
+
+
+def register_method(name: str, config_cls: type[MethodConfig], scope: Scope = Scope.LAYER):
+    """Decorator registering ``fn`` as method ``name`` with its config class.
+
+    Raises:
+        ConfigError: if the name is taken.
+    """
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _METHODS:
+            raise ConfigError(f"method '{name}' is already registered")
+        _METHODS[name] = MethodEntry(name, config_cls, fn, scope)
+        return fn
+
+    return decorator
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method (for tests and plugins that register temporary methods)."""
+    _METHODS.pop(name, None)
+
+
+def method_names() -> list[str]:
+    """Registered method names, sorted."""
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodEntry:
+    """Look up a method.
+
+    Raises:
+        ConfigError: naming the close match and the registered methods.
+    """
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown method '{name}'{did_you_mean(name, _METHODS)} "
+            f"(registered: {', '.join(method_names())})"
+        ) from None
+
+
+def build_config(stage: MethodConfig | Mapping[str, Any], where: str = "") -> MethodConfig:
+    """Validate one recipe stage into its config object.
+
+    Args:
+        stage: A config instance, or a mapping with a ``method`` key and its settings.
+        where: Prefix for error messages, e.g. ``"stage 2: "``.
+
+    Raises:
+        ConfigError: one line naming the bad field, the value and what is allowed.
+    """
+    if isinstance(stage, MethodConfig):
+        get_method(stage.method)
+        return stage
+    if not isinstance(stage, Mapping):
+        raise ConfigError(f"{where}a stage must be a mapping with a 'method' key, got {stage!r}")
+    if "method" not in stage:
+        raise ConfigError(f"{where}missing 'method' (registered: {', '.join(method_names())})")
+    entry = get_method(str(stage["method"]))
+    try:
+        return entry.config_cls(**stage)
+    except ValidationError as exc:
+        raise ConfigError(where + _explain(exc, entry)) from None
+
+
+def _explain(exc: ValidationError, entry: MethodEntry) -> str:
+    fields = [f for f in entry.config_cls.model_fields if f != "method"]
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            problems.append(
+                f"unknown setting '{key}' for {entry.name}{did_you_mean(key, fields)} "
+                f"(valid: {', '.join(fields)})"
+            )
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            shown = f"={err['input']!r}" if "input" in err and not isinstance(err["input"], dict) else ""
+            problems.append(f"{entry.name}: {key}{shown}: {message}")
+    return "; ".join(problems)

@@ -1,0 +1,148 @@
+"""Model adapter: a model plus its family spec, resolving paths to modules.
+
+Example:
+    >>> adapter = ModelAdapter.from_model(model)
+    >>> for i, block in enumerate(adapter.blocks):
+    ...     for name, module in adapter.block_linears(i).items():
+    ...         ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from netslim.errors import UnsupportedModelError
+from netslim.models import families as _families  # noqa: F401  (registers the families)
+from netslim.models.registry import family_for_model_type
+from netslim.models.spec import FamilySpec
+
+
+def get_submodule(root: nn.Module, path: str) -> nn.Module:
+    """``root.get_submodule(path)`` with an error that names the family path that failed."""
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        raise UnsupportedModelError(
+            f"{type(root).__name__} has no submodule '{path}'; the family spec does not "
+            "match this model's layout"
+        ) from None
+
+
+@dataclass
+class ModelAdapter:
+    """Resolves a :class:`FamilySpec` against one model instance."""
+
+    model: nn.Module
+    spec: FamilySpec
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> ModelAdapter:
+        """Build the adapter for a ``transformers`` model from its ``config.model_type``.
+
+        Raises:
+            UnsupportedModelError: if the model has no config or its family is unknown.
+        """
+        config = getattr(model, "config", None)
+        model_type = getattr(config, "model_type", None)
+        if model_type is None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no Hugging Face config; LLM methods need a "
+                "transformers causal LM"
+            )
+        return cls(model, family_for_model_type(model_type))
+
+    @property
+    def config(self):
+        """The model's Hugging Face config."""
+        return self.model.config
+
+    @cached_property
+    def blocks(self) -> nn.ModuleList:
+        """The decoder blocks in order."""
+        return get_submodule(self.model, self.spec.layers)
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of decoder blocks."""
+        return len(self.blocks)
+
+    def block_name(self, index: int) -> str:
+        """Full module name of block ``index``."""
+        return f"{self.spec.layers}.{index}"
+
+    def block_linears(self, index: int) -> dict[str, nn.Module]:
+        """Full name -> projection module of block ``index``, in forward order."""
+        block = self.blocks[index]
+        prefix = self.block_name(index)
+        return {f"{prefix}.{p}": get_submodule(block, p) for p in self.spec.linears}
+
+    def block_input_groups(self, index: int) -> list[list[str]]:
+        """Full names of block ``index``'s projections grouped by shared input, in forward order."""
+        prefix = self.block_name(index)
+        return [[f"{prefix}.{p}" for p in group] for group in self.spec.input_groups]
+
+    def block_part(self, index: int, path: str) -> nn.Module:
+        """A block-relative submodule (a norm, a projection) of block ``index``."""
+        return get_submodule(self.blocks[index], path)
+
+    @property
+    def embeddings(self) -> list[nn.Module]:
+        """Token (and position) embeddings."""
+        return [get_submodule(self.model, p) for p in self.spec.embeddings]
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """The norm after the last block."""
+        return get_submodule(self.model, self.spec.final_norm)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        """The output projection."""
+        return get_submodule(self.model, self.spec.lm_head)
+
+    @property
+    def num_heads(self) -> int:
+        """Number of query heads."""
+        return int(getattr(self.config, self.spec.num_heads_attr))
+
+    @property
+    def num_kv_heads(self) -> int:
+        """Number of key-value heads (equals query heads without grouped-query attention)."""
+        attr = self.spec.num_kv_heads_attr
+        value = getattr(self.config, attr, None) if attr else None
+        return int(value) if value else self.num_heads
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the residual stream."""
+        return int(getattr(self.config, self.spec.hidden_attr))
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        attr = self.spec.head_dim_attr
+        value = getattr(self.config, attr, None) if attr else None
+        return int(value) if value else self.hidden_size // self.num_heads
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's first parameter."""
+        return next(self.model.parameters()).device
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight of a projection as an (out_features, in_features) view.
+
+    ``nn.Linear`` stores (out, in); GPT-2's ``Conv1D`` stores (in, out). Writing into the
+    returned view (``w.copy_(...)``, ``w.mul_(mask)``) writes the module's weight.
+    """
+    weight = module.weight.data
+    if type(module).__name__ == "Conv1D":
+        return weight.t()
+    if isinstance(module, nn.Linear) or weight.dim() == 2:
+        return weight
+    raise UnsupportedModelError(f"cannot read a 2-D weight from {type(module).__name__}")

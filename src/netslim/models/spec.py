@@ -1,0 +1,94 @@
+"""Declarative description of a model family: where its blocks, projections and norms live.
+
+Methods never hard-code attribute paths such as ``model.model.layers``; they ask a
+:class:`ModelAdapter`, which reads a :class:`FamilySpec`. A family is one small file of data
+under ``netslim/models/families/``; registering it makes every method work on it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class NormKind(str, enum.Enum):
+    """Which normalization a family uses before attention and MLP."""
+
+    RMSNORM = "rmsnorm"
+    LAYERNORM = "layernorm"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Where a decoder family keeps each part. Block-relative paths are relative to one block.
+
+    Attributes:
+        name: Short family name used in messages and reports.
+        model_types: Hugging Face ``config.model_type`` values this spec covers.
+        layers: Path from the top model to the ``nn.ModuleList`` of decoder blocks.
+        embeddings: Paths of the token (and learned position) embeddings.
+        final_norm: Path of the norm applied after the last block.
+        lm_head: Path of the output projection.
+        attn_norm: Block-relative path of the norm before attention.
+        mlp_norm: Block-relative path of the norm before the MLP.
+        post_attn_norm / post_mlp_norm: Norms applied to the attention / MLP output before
+            the residual addition (Gemma 2/3 "sandwich" norms), or ``None``.
+        attn_in: Block-relative paths of the projections reading the attention input
+            (q, k, v in that order; a single fused projection for GPT-2).
+        attn_out: Block-relative path of the attention output projection.
+        mlp_in: Block-relative paths of the projections reading the MLP input
+            (gate then up for gated MLPs).
+        mlp_out: Block-relative path of the MLP output projection.
+        norm_kind: RMSNorm or LayerNorm.
+        norm_weight_offset: Added to a norm's weight at run time (Gemma's ``1 + w``).
+        gated_mlp: Whether the MLP is ``down(act(gate(x)) * up(x))``.
+        fused_qkv: Whether q, k and v are one projection (GPT-2 ``c_attn``).
+        transposed_weights: Whether projections store weights as (in, out) (GPT-2 ``Conv1D``).
+        parallel_blocks: Whether attention and MLP read the same normed input in parallel.
+        bos_per_window: Whether every evaluation window must start with BOS (Gemma).
+        num_heads_attr / num_kv_heads_attr / head_dim_attr / hidden_attr / intermediate_attr:
+            Names of the config attributes holding those sizes.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    layers: str
+    embeddings: tuple[str, ...]
+    final_norm: str
+    lm_head: str
+    attn_norm: str
+    mlp_norm: str
+    attn_in: tuple[str, ...]
+    attn_out: str
+    mlp_in: tuple[str, ...]
+    mlp_out: str
+    post_attn_norm: str | None = None
+    post_mlp_norm: str | None = None
+    norm_kind: NormKind = NormKind.RMSNORM
+    norm_weight_offset: float = 0.0
+    gated_mlp: bool = True
+    fused_qkv: bool = False
+    transposed_weights: bool = False
+    parallel_blocks: bool = False
+    bos_per_window: bool = False
+    num_heads_attr: str = "num_attention_heads"
+    num_kv_heads_attr: str | None = "num_key_value_heads"
+    head_dim_attr: str | None = "head_dim"
+    hidden_attr: str = "hidden_size"
+    intermediate_attr: str = "intermediate_size"
+    notes: str = field(default="", compare=False)
+
+    @property
+    def input_groups(self) -> tuple[tuple[str, ...], ...]:
+        """Block-relative Linear paths grouped by shared input, in forward order.
+
+        Layers of one group read the same activations, so their calibration statistics are
+        gathered once; the groups' order is the order in which a block computes them, which is
+        what true-sequential calibration follows.
+        """
+        return (self.attn_in, (self.attn_out,), self.mlp_in, (self.mlp_out,))
+
+    @property
+    def linears(self) -> tuple[str, ...]:
+        """All block-relative projection paths in forward order."""
+        return tuple(p for group in self.input_groups for p in group)

@@ -1,0 +1,74 @@
+"""Recipes: an ordered list of method stages, from Python objects, YAML or JSON.
+
+A recipe file holds a list of stages (or a single stage):
+
+.. code-block:: yaml
+
+    - method: wanda
+      sparsity: 0.5
+      pattern: "2:4"
+
+Files and in-memory data have separate entry points, so a string is never guessed to be YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import netslim.methods  # noqa: F401  (registers the methods)
+from netslim.errors import ConfigError, DataNotFoundError
+from netslim.methods.base import MethodConfig
+from netslim.methods.registry import build_config
+
+RecipeLike = MethodConfig | Mapping[str, Any] | Sequence[MethodConfig | Mapping[str, Any]]
+
+
+def parse_recipe(recipe: RecipeLike) -> list[MethodConfig]:
+    """Validate a config, a stage mapping, or a list of them into config objects.
+
+    Raises:
+        ConfigError: naming the stage and the problem.
+    """
+    stages = [recipe] if isinstance(recipe, (MethodConfig, Mapping)) else list(recipe)
+    if not stages:
+        raise ConfigError("the recipe is empty; give at least one stage, e.g. {method: wanda, sparsity: 0.5}")
+    where = (lambda i: f"stage {i + 1}: ") if len(stages) > 1 else (lambda i: "")
+    return [build_config(stage, where(i)) for i, stage in enumerate(stages)]
+
+
+def load_recipe(path: str | os.PathLike) -> list[MethodConfig]:
+    """Read and validate a ``.yaml``/``.yml``/``.json`` recipe file.
+
+    Raises:
+        DataNotFoundError: if the file does not exist.
+        ConfigError: if it does not parse or a stage is invalid.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise DataNotFoundError(f"recipe file '{path}' not found")
+    text = file.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"recipe '{path}' does not parse: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        raise ConfigError(f"recipe '{path}' is empty")
+    if isinstance(data, Mapping) and "stages" in data:
+        data = data["stages"]
+    return parse_recipe(data)
+
+
+def recipe_data(stages: Sequence[MethodConfig]) -> list[dict[str, Any]]:
+    """Plain data of a validated recipe, every setting spelled out."""
+    return [stage.model_dump(mode="json") for stage in stages]
+
+
+def dump_recipe(stages: Sequence[MethodConfig]) -> str:
+    """The recipe as YAML that :func:`load_recipe` reads back to equal configs."""
+    return yaml.safe_dump(recipe_data(stages), sort_keys=False)
