@@ -1,0 +1,52 @@
+"""Shared pieces of the benchmark scripts: the small protocol, timing, JSON output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import netslim
+
+RESULTS = Path(__file__).parent / "results"
+SMALL_PROTOCOL = {
+    "model": "smollm2-135m",
+    "eval": "wikitext2:test",
+    "seqlen": 512,
+    "eval_windows": 80,
+    "calib": "wikitext2:valid",
+    "calib_windows": 64,
+    "seed": 0,
+}
+
+
+def machine() -> dict:
+    """Where the figures were measured."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+
+
+def write_results(name: str, payload: dict, table: str) -> None:
+    """Write ``results/<name>.json`` and the markdown table ``results/<name>.md``."""
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"machine": machine(), "written": time.strftime("%Y-%m-%d %H:%M:%S"), **payload}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+
+
+def eval_windows(lm: netslim.LoadedModel, protocol: dict = SMALL_PROTOCOL):
+    """The evaluation windows of the protocol, built once per run."""
+    from netslim.api import bos_id
+    from netslim.data import evaluation_windows, resolve_text
+    from netslim.data.windows import tokenize
+
+    text = resolve_text(protocol["eval"])
+    ids = tokenize(lm.tokenizer, text.text)
+    return evaluation_windows(ids, protocol["seqlen"], protocol["eval_windows"], bos_id(lm.model, lm.tokenizer), text.name)
