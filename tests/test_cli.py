@@ -30,7 +30,9 @@ def test_compress_errors(tiny_folder, tmp_path, args, message):
     folder, _ = tiny_folder
     result = _run("compress", folder, "--out", tmp_path / "o", *args)
     assert result.exit_code == 2, result.output
-    assert result.output.startswith("error: ") and message in result.output
+    # The last line of stderr (progress bars of loading come before it) is the one error line.
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
     assert "Traceback" not in result.output
 
 

@@ -13,17 +13,33 @@ __version__ = "0.1.0"
 from netslim.api import CompressionResult, Evaluation, calibration, compress, evaluate  # noqa: E402
 from netslim.errors import NetslimError  # noqa: E402
 from netslim.export import load, save  # noqa: E402
-from netslim.methods import MagnitudeConfig, WandaConfig, method_names  # noqa: E402
+from netslim.graph.api import ChannelPruneConfig, ChannelPruneResult, prune_channels  # noqa: E402
+from netslim.methods import DepthConfig, MagnitudeConfig, WandaConfig, WidthConfig, method_names  # noqa: E402
+from netslim.methods import ASVDConfig, EoRAConfig, SVDConfig, SVDLLMConfig  # noqa: E402
+from netslim.methods import SliceGPTConfig  # noqa: E402
+from netslim.methods import GPTQConfig, RTNConfig, SparseGPTConfig  # noqa: E402
 from netslim.models.loading import LoadedModel, load_model  # noqa: E402
 from netslim.recipe import load_recipe, parse_recipe  # noqa: E402
 
 __all__ = [
+    "ChannelPruneConfig",
+    "ChannelPruneResult",
+    "ASVDConfig",
+    "EoRAConfig",
+    "SVDConfig",
+    "SVDLLMConfig",
     "CompressionResult",
+    "DepthConfig",
     "Evaluation",
     "LoadedModel",
     "MagnitudeConfig",
     "NetslimError",
+    "SliceGPTConfig",
+    "GPTQConfig",
+    "RTNConfig",
+    "SparseGPTConfig",
     "WandaConfig",
+    "WidthConfig",
     "calibration",
     "compress",
     "evaluate",
@@ -32,5 +48,6 @@ __all__ = [
     "load_recipe",
     "method_names",
     "parse_recipe",
+    "prune_channels",
     "save",
 ]

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ def compress(
     *,
     tokenizer: Any = None,
     progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> CompressionResult:
     """Compress ``model`` in place with the stages of ``recipe``.
 
@@ -129,13 +131,15 @@ def compress(
             with seed 0 are drawn.
         tokenizer: Needed only to draw the default calibration data from an ``nn.Module``.
         progress: Show a progress bar per pass.
+        checkpoint_dir: Folder for per-block checkpoints; calling again with the same model,
+            recipe, calibration data and folder resumes after the last finished block.
     """
     stages = parse_recipe(recipe)
     module, tokenizer, source = _unpack(model, tokenizer)
     adapter = ModelAdapter.from_model(module)
     windows = _calibration_windows(module, tokenizer, stages, calibration)
     start = time.perf_counter()
-    layers = run_stages(adapter, stages, windows, progress=progress)
+    layers = run_stages(adapter, stages, windows, progress=progress, checkpoint_dir=checkpoint_dir)
     return CompressionResult(
         model=module,
         tokenizer=tokenizer,

@@ -63,6 +63,9 @@ def compress(
     eval_windows: EvalWindows = 80,
     seed: Annotated[int, typer.Option(help="Seed for drawing calibration windows.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    storage: Annotated[str, typer.Option("--format", help="Storage: 'packed' bit-packs sparse and "
+                                         "quantized weights (netslim.load only); 'dense' is plain "
+                                         "transformers; 'auto' packs only what needs netslim.load anyway.")] = "auto",
 ) -> None:
     """Compress MODEL, evaluate it before and after, and write it with report.json/report.md."""
     from netslim.job import Protocol, compress_job  # noqa: PLC0415  (keeps --help fast)
@@ -78,8 +81,10 @@ def compress(
         stage = {"method": method}
         stage.update({k: v for k, v in (("sparsity", sparsity), ("pattern", pattern)) if v is not None})
         stages = [stage]
+    if storage not in ("auto", "dense", "packed"):
+        _fail(f"--format '{storage}': use auto, dense or packed")
     protocol = Protocol(seqlen, calib, calib_windows, eval_file, eval_windows or None, seed)
-    result = _run(compress_job, model, stages, out, protocol, overwrite)
+    result = _run(compress_job, model, stages, out, protocol, overwrite, storage_format=storage)
     _print_summary(result.report)
     console.print(f"wrote {out}")
 
@@ -113,6 +118,7 @@ def info(folder: Annotated[Path, typer.Argument(help="A folder written by netsli
     console.print(f"[bold]{folder}[/bold]  format {marker['format']}, netslim {marker['netslim_version']}, source {marker['source']}")
     for stage in marker["recipe"]:
         console.print("  stage: " + json.dumps(stage))
+    _print_storage(folder, marker.get("storage", {}).get("summary"))
     if report_file.is_file():
         _print_summary(json.loads(report_file.read_text(encoding="utf-8")))
 
@@ -129,6 +135,20 @@ def demo(
     result = _run(compress_job, "smollm2-135m", [{"method": "wanda", "sparsity": 0.5}], out, Protocol(), overwrite)
     _print_summary(result.report)
     console.print(f"wrote {out} (model, recipe.yaml, report.json, report.md)")
+
+
+def _print_storage(folder: Path, summary: dict | None) -> None:
+    from netslim.eval.size import folder_weight_bytes  # noqa: PLC0415
+
+    console.print(f"  weights on disk: {folder_weight_bytes(folder) / 1e6:.2f} MB")
+    if summary is None:  # written by a netslim without storage summaries
+        return
+    linears = summary["decoder_linears"]
+    if linears["weights"]:
+        console.print(f"  decoder Linear weights: {linears['weights']:,} weights in {linears['bytes'] / 1e6:.2f} MB, "
+                      f"{linears['bits_per_weight']:.2f} bits per weight")
+    for codec, entry in sorted(summary["by_codec"].items()):
+        console.print(f"  {codec:>8}: {entry['tensors']:4d} tensors, {entry['bytes'] / 1e6:8.2f} MB")
 
 
 def _print_summary(report: dict) -> None:

@@ -6,7 +6,9 @@ and write the model with its recipe and report. The input is only ever read.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from netslim.api import CompressionResult, calibration, compress, evaluate
 from netslim.errors import OutputExistsError
 from netslim.export.atomic import check_output
 from netslim.export.save import save
-from netslim.models.loading import load_model
+from netslim.models.loading import cache_dir, load_model
 from netslim.recipe import RecipeLike, parse_recipe, recipe_data
 
 
@@ -41,8 +43,13 @@ def compress_job(
     protocol: Protocol = Protocol(),
     overwrite: bool = False,
     progress: bool = True,
+    storage_format: str = "auto",
 ) -> CompressionResult:
-    """Run the whole job; ``out=None`` skips writing. Returns the result with its report."""
+    """Run the whole job; ``out=None`` skips writing. Returns the result with its report.
+
+    ``storage_format`` is passed to :func:`netslim.save` as ``format`` (``"auto"``,
+    ``"dense"`` or ``"packed"``).
+    """
     stages = parse_recipe(recipe)
     if out is not None:
         check_output(out, overwrite)  # fail before minutes of work, not after
@@ -53,7 +60,8 @@ def compress_job(
     windows = None
     if any(stage.needs for stage in stages):
         windows = calibration(lm, source=protocol.calib, windows=protocol.calib_windows, seqlen=protocol.seqlen, seed=protocol.seed)
-    result = compress(lm, stages, windows, progress=progress)
+    checkpoints = _checkpoint_dir(out)
+    result = compress(lm, stages, windows, progress=progress, checkpoint_dir=checkpoints)
     after = evaluate(lm, **evaluation)
     result.report = {
         "model": source,
@@ -66,8 +74,17 @@ def compress_job(
         "layers": result.layers,
     }
     if out is not None:
-        save(result, out, overwrite=overwrite)
+        save(result, out, overwrite=overwrite, format=storage_format)
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return result
+
+
+def _checkpoint_dir(out: str | os.PathLike | None) -> Path | None:
+    """Per-output checkpoint folder in the cache, so an interrupted job resumes when rerun."""
+    if out is None:
+        return None
+    key = hashlib.sha256(str(Path(out).expanduser().resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "checkpoints" / key
 
 
 def _refuse_input_as_output(source: str, out: str | os.PathLike) -> None:

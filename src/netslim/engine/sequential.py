@@ -11,7 +11,9 @@ Stages of layer or block scope run together in one pass over the blocks; a model
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,6 +21,7 @@ from tqdm.auto import tqdm
 
 from netslim.data.windows import TokenWindows
 from netslim.engine.capture import BlockCall, capture_block_inputs, run_block
+from netslim.engine.checkpoint import Checkpoint, job_fingerprint
 from netslim.engine.stats import InputStats, LayerStats, Stat
 from netslim.errors import ConfigError
 from netslim.methods.base import BlockView, MethodConfig, Scope, layer_view
@@ -52,13 +55,21 @@ def run_stages(
     stages: Sequence[MethodConfig],
     calibration: TokenWindows | None,
     progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> list[dict]:
     """Apply ``stages`` to the adapter's model in place and return the per-layer records.
+
+    Args:
+        checkpoint_dir: Where to write per-block checkpoints; rerunning the same job (same
+            model, recipe and calibration data) with the same folder resumes after the last
+            finished block. Only recipes that run as a single pass of layer-scope stages are
+            checkpointed; others run without.
 
     Raises:
         ConfigError: if a stage needs calibration data and none was given.
     """
     log = LayerLog()
+    checkpoint = _checkpoint(adapter, stages, calibration, checkpoint_dir)
     model = adapter.model
     was_training = model.training
     model.eval()
@@ -68,10 +79,26 @@ def run_stages(
                 if get_method(group[0].method).scope is Scope.MODEL:
                     get_method(group[0].method).fn(adapter, calibration, group[0], log)
                 else:
-                    _sequential_pass(adapter, group, calibration, log, progress)
+                    group = [cfg.plan(adapter, calibration) for cfg in group]
+                    _sequential_pass(adapter, group, calibration, log, progress, checkpoint)
     finally:
         model.train(was_training)
     return log.as_list()
+
+
+def iter_block_stats(
+    adapter: ModelAdapter, calibration: TokenWindows, needs: frozenset[Stat]
+) -> Iterator[tuple[int, dict[str, LayerStats]]]:
+    """Each block's index and the input statistics of its projections, without changing it.
+
+    For planning sweeps (:meth:`MethodConfig.plan`): the blocks see the calibration data as
+    the current model propagates it. Statistics of one block are freed when the next is read.
+    """
+    hidden, calls = capture_block_inputs(adapter, calibration.ids)
+    for index in range(adapter.num_blocks):
+        yield index, _collect(adapter, index, adapter.block_input_groups(index), needs, hidden, calls[index])
+        if index + 1 < adapter.num_blocks:
+            hidden = run_block(adapter.blocks[index], hidden, calls[index])
 
 
 def _passes(stages: Sequence[MethodConfig]) -> list[list[MethodConfig]]:
@@ -87,24 +114,50 @@ def _passes(stages: Sequence[MethodConfig]) -> list[list[MethodConfig]]:
     return passes
 
 
+def _checkpoint(adapter, stages, calibration, folder) -> Checkpoint | None:
+    """A checkpoint for this job, if a folder is given and the recipe is one layer-scope pass."""
+    if folder is None or any(get_method(cfg.method).scope is not Scope.LAYER for cfg in stages):
+        return None
+    recipe = [cfg.model_dump(mode="json") for cfg in stages]
+    fingerprint = job_fingerprint(adapter, recipe, calibration.ids if calibration is not None else None)
+    return Checkpoint(Path(folder) / fingerprint[:16], fingerprint)
+
+
 def _sequential_pass(
     adapter: ModelAdapter,
     stages: list[MethodConfig],
     calibration: TokenWindows | None,
     log: LayerLog,
     progress: bool,
+    checkpoint: Checkpoint | None = None,
 ) -> None:
     needs_data = [cfg.method for cfg in stages if cfg.needs]
     if needs_data and calibration is None:
         raise ConfigError(f"method {needs_data[0]} needs calibration data; pass calibration windows")
     hidden, calls = capture_block_inputs(adapter, calibration.ids) if needs_data else (None, [])
+    start = 0
+    if checkpoint is not None:
+        start, restored, records = checkpoint.restore(adapter)
+        if start:
+            log.records = {r["name"]: r for r in records}
+            hidden = restored if needs_data else None
     names = "+".join(cfg.method for cfg in stages)
-    for index in tqdm(range(adapter.num_blocks), desc=names, unit="block", disable=not progress):
+    snapshot = any(cfg.needs_original for cfg in stages)
+    blocks = range(start, adapter.num_blocks)
+    for index in tqdm(blocks, desc=names, unit="block", initial=start, total=adapter.num_blocks, disable=not progress):
         call = calls[index] if needs_data else None
+        originals = _snapshot(adapter, index) if snapshot else {}
         for cfg in stages:
-            _apply_stage(adapter, index, cfg, hidden, call, log)
+            _apply_stage(adapter, index, cfg, hidden, call, log, originals if cfg.needs_original else {})
         if needs_data and index + 1 < adapter.num_blocks:
             hidden = run_block(adapter.blocks[index], hidden, call)
+        if checkpoint is not None:
+            checkpoint.save_block(adapter, index, hidden, log.as_list())
+
+
+def _snapshot(adapter: ModelAdapter, index: int) -> dict[str, torch.Tensor]:
+    """Copies of block ``index``'s (out, in) weights before any stage of the pass acts on it."""
+    return {name: linear_weight(m).detach().clone() for name, m in adapter.block_linears(index).items()}
 
 
 def _apply_stage(
@@ -114,13 +167,17 @@ def _apply_stage(
     hidden: torch.Tensor | None,
     call: BlockCall | None,
     log: LayerLog,
+    originals: dict[str, torch.Tensor],
 ) -> None:
     entry = get_method(cfg.method)
     groups = [[n for n in group if not cfg.ignores(n)] for group in adapter.block_input_groups(index)]
     groups = [g for g in groups if g]
     if entry.scope is Scope.BLOCK:
         stats = _collect(adapter, index, groups, cfg.needs, hidden, call)
-        view = BlockView(index, adapter.blocks[index], adapter, {n: layer_view(adapter, index, n) for g in groups for n in g})
+        view = BlockView(
+            index, adapter.blocks[index], adapter,
+            {n: layer_view(adapter, index, n, originals.get(n)) for g in groups for n in g},
+        )
         for name, extra in (entry.fn(view, stats, cfg) or {}).items():
             log.add(name, view.layers[name].module if name in view.layers else adapter.model.get_submodule(name), cfg.method, extra)
         return
@@ -129,7 +186,7 @@ def _apply_stage(
         stats = _collect(adapter, index, subset, cfg.needs, hidden, call)
         for group in subset:
             for name in group:
-                layer = layer_view(adapter, index, name)
+                layer = layer_view(adapter, index, name, originals.get(name))
                 extra = entry.fn(layer, stats.get(name), cfg)
                 log.add(name, layer.module, cfg.method, extra)
         del stats
@@ -151,7 +208,8 @@ def _collect(
     handles = []
     for group in groups:
         first = adapter.model.get_submodule(group[0])
-        acc = InputStats(linear_weight(first).shape[1], needs, hidden.device)
+        width = getattr(first, "in_features", None) or linear_weight(first).shape[1]  # compressed modules keep in_features
+        acc = InputStats(width, needs, hidden.device)
         handles.append(first.register_forward_hook(lambda _m, inp, _o, acc=acc: acc.add(inp[0])))
         for name in group:
             accumulators[name] = acc

@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 
 from netslim.errors import ModelNotFoundError, NetslimError
 from netslim.export.modules import rebuild_modules
+from netslim.export.storage import read_packed
 from netslim.models.loading import NETSLIM_MARKER, LoadedModel, load_hf_folder, load_tokenizer
 
-SUPPORTED_FORMATS = ("dense", "modules")
+SUPPORTED_FORMATS = ("dense", "modules", "packed")
 
 
 def read_marker(path: str | os.PathLike) -> dict:
@@ -42,18 +43,24 @@ def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedM
         raise NetslimError(f"'{path}' uses storage format '{fmt}', which this netslim cannot read; upgrade netslim")
     if fmt == "dense":
         return load_hf_folder(folder, dtype, str(path))
-    return LoadedModel(_load_with_modules(folder, info["modules"], dtype), load_tokenizer(folder), str(path))
+    if fmt == "packed":
+        storage = info["storage"]
+        state = read_packed(folder, storage["tensors"], storage.get("aliases", {}))
+    else:
+        state = {}
+        for file in sorted(folder.glob("*.safetensors")):
+            state.update(load_file(file))
+    model = _load_with_modules(folder, info.get("modules", {}), state, dtype)
+    return LoadedModel(model, load_tokenizer(folder), str(path))
 
 
-def _load_with_modules(folder: Path, specs: dict, dtype: torch.dtype) -> torch.nn.Module:
+def _load_with_modules(folder: Path, specs: dict, state: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.nn.Module:
+    """Build the model from its config, rebuild the saved module kinds, load ``state`` into it."""
     from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     rebuild_modules(model, specs)
-    state: dict[str, torch.Tensor] = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(file))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]

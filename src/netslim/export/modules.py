@@ -8,6 +8,10 @@ registered under a kind name and implements two methods:
     @classmethod
     def from_spec(cls, spec: dict) -> nn.Module   # an empty module of the right shapes
 
+A kind that wraps a module the config can build (a decoder block with extra parameters)
+may instead define ``classmethod wrap(cls, built: nn.Module, spec: dict) -> nn.Module``,
+which receives the freshly built module in place of ``from_spec``'s empty one.
+
 :func:`module_specs` lists them when saving (stored in ``netslim.json``), and
 :func:`rebuild_modules` replaces the freshly built model's modules before the saved state
 dict is loaded. Plain ``nn.Linear`` modules whose shape differs from what the config builds
@@ -52,6 +56,32 @@ def _linear_spec(module: nn.Linear) -> dict:
     return {"in_features": module.in_features, "out_features": module.out_features, "bias": module.bias is not None}
 
 
+def module_spec(module: nn.Module) -> dict:
+    """``{"kind": ..., **spec}`` of a registered module or a plain ``nn.Linear`` (for wrappers
+    that must store the spec of the module they wrap)."""
+    kind = getattr(type(module), "netslim_kind", None)
+    if kind is not None:
+        return {"kind": kind, **module.export_spec()}
+    if isinstance(module, nn.Linear):
+        return {"kind": "linear", **_linear_spec(module)}
+    raise NetslimError(f"{type(module).__name__} is not a registered module kind and cannot be saved")
+
+
+def build_module(spec: dict) -> nn.Module:
+    """An empty module of the kind and shapes in ``spec`` (the inverse of :func:`module_spec`).
+
+    Raises:
+        NetslimError: if the kind is unknown (the folder needs a newer netslim).
+    """
+    spec = dict(spec)
+    kind = spec.pop("kind")
+    if kind == "linear":
+        return nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"])
+    if kind in _KINDS:
+        return _KINDS[kind].from_spec(spec)
+    raise NetslimError(f"module kind '{kind}' is unknown to this netslim; upgrade netslim")
+
+
 def module_specs(model: nn.Module, reference: nn.Module | None = None) -> dict[str, dict]:
     """Name -> ``{"kind": ..., **spec}`` for every module that needs rebuilding.
 
@@ -64,13 +94,26 @@ def module_specs(model: nn.Module, reference: nn.Module | None = None) -> dict[s
     ref_modules = dict(reference.named_modules()) if reference is not None else {}
     for name, module in model.named_modules():
         kind = getattr(type(module), "netslim_kind", None)
+        if any(name.startswith(f"{outer}.") for outer, s in specs.items() if s["kind"] != "attrs"):
+            continue  # inside a registered module, which rebuilds its own children
         if kind is not None:
-            specs[name] = {"kind": kind, **module.export_spec()}
+            specs[name] = module_spec(module)
         elif isinstance(module, nn.Linear) and name in ref_modules:
             ref = ref_modules[name]
-            if isinstance(ref, nn.Linear) and ref.weight.shape != module.weight.shape:
+            if isinstance(ref, nn.Linear) and _linear_spec(ref) != _linear_spec(module):
                 specs[name] = {"kind": "linear", **_linear_spec(module)}
+        elif record := _attrs_record(module, ref_modules.get(name)):
+            specs[name] = record
     return specs
+
+
+def _attrs_record(module: nn.Module, ref: nn.Module | None) -> dict | None:
+    """``{"kind": "attrs", ...}`` when a module's ``netslim_attrs`` (e.g. per-layer head counts
+    set by structured pruning) differ from what the config builds."""
+    attrs = getattr(module, "netslim_attrs", None)
+    if not attrs or ref is None or all(getattr(ref, k, None) == v for k, v in attrs.items()):
+        return None
+    return {"kind": "attrs", "attrs": dict(attrs)}
 
 
 def rebuild_modules(model: nn.Module, specs: dict[str, dict]) -> None:
@@ -80,13 +123,12 @@ def rebuild_modules(model: nn.Module, specs: dict[str, dict]) -> None:
         NetslimError: if a kind is unknown (the folder needs a newer netslim).
     """
     for name, spec in specs.items():
-        spec = dict(spec)
-        kind = spec.pop("kind")
-        if kind == "linear":
-            new = nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"])
-        elif kind in _KINDS:
-            new = _KINDS[kind].from_spec(spec)
-        else:
-            raise NetslimError(f"module kind '{kind}' of '{name}' is unknown to this netslim; upgrade netslim")
+        if spec["kind"] == "attrs":  # plain attributes on the module the config built
+            for key, value in spec["attrs"].items():
+                setattr(model.get_submodule(name), key, value)
+            continue
+        wrap = getattr(_KINDS.get(spec["kind"]), "wrap", None)
+        # A wrapper kind (e.g. a sliced decoder block) adopts the module the config built.
+        new = wrap(model.get_submodule(name), spec) if wrap else build_module(spec)
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)

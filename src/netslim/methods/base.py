@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from netslim.data.windows import TokenWindows
 from netslim.engine.stats import LayerStats, Stat
 from netslim.models.adapter import ModelAdapter, linear_weight
 
@@ -40,6 +41,10 @@ class MethodConfig(BaseModel):
         true_sequential: Calibrate the groups of a block one after another (q/k/v, then o,
             then gate/up, then down), so each group sees the inputs produced by the already
             compressed groups before it. Costs one block forward per group.
+        needs_original: (class attribute) Whether the method needs each layer's weight as it
+            was before the earlier stages of the same pass acted on it (e.g. to compensate
+            their error). The engine then snapshots a block's weights before its first stage
+            and passes them as :attr:`LayerView.original`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,21 +55,38 @@ class MethodConfig(BaseModel):
     true_sequential: bool = False
 
     needs: ClassVar[frozenset[Stat]] = frozenset()
+    needs_original: ClassVar[bool] = False
 
     def ignores(self, name: str) -> bool:
         """Whether module ``name`` matches an ignore pattern."""
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore)
 
+    def plan(self, adapter: ModelAdapter, calibration: TokenWindows | None) -> MethodConfig:
+        """Resolve model-wide choices before the pass that runs this stage; default: none.
+
+        The engine calls it once per layer/block-scope stage, on the model as earlier passes
+        left it, before the sequential pass starts. A method whose per-layer settings depend
+        on every layer (global rank or sparsity allocation) overrides it to sweep the model
+        (e.g. with :func:`netslim.engine.sequential.iter_block_stats`) and returns a copy of
+        itself with those settings spelled out.
+        """
+        return self
+
 
 @dataclass
 class LayerView:
-    """One projection inside a block, as a method sees it."""
+    """One projection inside a block, as a method sees it.
+
+    ``original`` is the (out, in) weight before this pass's first stage touched the block,
+    set only for methods whose config has ``needs_original``.
+    """
 
     name: str
     module: nn.Module
     block_index: int
     parent: nn.Module
     attr: str
+    original: torch.Tensor | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -87,11 +109,13 @@ class BlockView:
     layers: dict[str, LayerView] = field(default_factory=dict)
 
 
-def layer_view(adapter: ModelAdapter, block_index: int, name: str) -> LayerView:
+def layer_view(
+    adapter: ModelAdapter, block_index: int, name: str, original: torch.Tensor | None = None
+) -> LayerView:
     """Build the :class:`LayerView` of full module name ``name`` in block ``block_index``."""
     parent_name, _, attr = name.rpartition(".")
     parent = adapter.model.get_submodule(parent_name)
-    return LayerView(name, getattr(parent, attr), block_index, parent, attr)
+    return LayerView(name, getattr(parent, attr), block_index, parent, attr, original)
 
 
 __all__ = ["BlockView", "LayerStats", "LayerView", "MethodConfig", "Scope", "Stat", "layer_view"]

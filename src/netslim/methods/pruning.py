@@ -3,6 +3,17 @@
 A pruning method computes a score per weight (larger = keep) and calls
 :func:`apply_scores`, which picks the mask for the config's pattern and comparison group,
 zeroes the pruned weights and returns the layer's report fields.
+
+Layer-wise allocation (``allocation: owl``, any unstructured pruning method): before the
+pass, :meth:`PruningConfig.plan` sweeps the dense model once with the calibration data,
+measures each block's share of outlier Wanda scores (:mod:`netslim.ops.owl`) and returns a
+copy of the config with ``block_sparsity`` spelled out; each layer then prunes to its
+block's sparsity, recorded as ``target_sparsity`` in the layer report.
+
+Recipe:
+    - method: wanda
+      sparsity: 0.7
+      allocation: owl        # owl_threshold: 5, owl_lambda: 0.08
 """
 
 from __future__ import annotations
@@ -10,10 +21,15 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from netslim.data.windows import TokenWindows
+from netslim.engine.stats import Stat
+from netslim.errors import ConfigError
 from netslim.methods.base import LayerView, MethodConfig
+from netslim.models.adapter import ModelAdapter, linear_weight
 from netslim.ops.masks import layer_mask, nm_mask, parse_pattern, row_mask
+from netslim.ops.owl import outlier_ratio, owl_sparsities
 
 
 class PruningConfig(MethodConfig):
@@ -25,11 +41,29 @@ class PruningConfig(MethodConfig):
         pattern: ``"unstructured"`` or ``"N:M"`` (N non-zeros in every M consecutive inputs).
         compare: For unstructured sparsity, whether weights compete within each output row or
             across the whole layer.
+        allocation: ``uniform`` (every block at ``sparsity``) or ``owl`` (per-block sparsity
+            from outlier ratios, averaging ``sparsity``; needs calibration data, even for
+            magnitude pruning).
+        owl_threshold: OWL's M: a score is an outlier above M times its block's mean score.
+        owl_lambda: OWL's lambda: the largest deviation of a block from ``sparsity``.
+        block_sparsity: Sparsity per block index; filled in by the OWL planning sweep, may
+            also be given by hand (then ``allocation`` is not consulted).
     """
 
-    sparsity: float = Field(default=0.5, gt=0.0, lt=1.0)
+    sparsity: float = 0.5
     pattern: str = "unstructured"
     compare: Literal["row", "layer"] = "row"
+    allocation: Literal["uniform", "owl"] = "uniform"
+    owl_threshold: float = Field(default=5.0, gt=0.0)
+    owl_lambda: float = Field(default=0.08, ge=0.0, lt=0.5)
+    block_sparsity: tuple[float, ...] | None = None
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_in_range(cls, value: float) -> float:
+        if not 0.0 < value < 1.0:
+            raise ValueError("must be in (0, 1), e.g. 0.5 to remove half of the weights")
+        return value
 
     @model_validator(mode="after")
     def _check_pattern(self) -> PruningConfig:
@@ -41,6 +75,12 @@ class PruningConfig(MethodConfig):
                     f"sparsity={self.sparsity} contradicts pattern {self.pattern} "
                     f"(which implies {implied:g}); drop sparsity or change the pattern"
                 )
+        if nm is not None and (self.allocation != "uniform" or self.block_sparsity is not None):
+            raise ValueError(f"pattern {self.pattern} fixes every layer's sparsity; use allocation: uniform")
+        if self.allocation == "owl" and not 0 < self.sparsity - self.owl_lambda <= self.sparsity + self.owl_lambda < 1:
+            raise ValueError(f"owl_lambda={self.owl_lambda} must keep sparsity {self.sparsity} +/- lambda inside (0, 1)")
+        if self.block_sparsity is not None and not all(0.0 <= s < 1.0 for s in self.block_sparsity):
+            raise ValueError("block_sparsity values must be in [0, 1)")
         return self
 
     @property
@@ -54,6 +94,37 @@ class PruningConfig(MethodConfig):
         nm = self.nm
         return 1 - nm[0] / nm[1] if nm else self.sparsity
 
+    def sparsity_for(self, block_index: int) -> float:
+        """The unstructured sparsity of block ``block_index``.
+
+        Raises:
+            ConfigError: if ``block_sparsity`` has no entry for the block.
+        """
+        if self.block_sparsity is None:
+            return self.sparsity
+        if block_index >= len(self.block_sparsity):
+            raise ConfigError(f"block_sparsity has {len(self.block_sparsity)} entries; the model has more blocks")
+        return self.block_sparsity[block_index]
+
+    def plan(self, adapter: ModelAdapter, calibration: TokenWindows | None) -> PruningConfig:
+        """For ``allocation: owl``, sweep the model once and fix ``block_sparsity``."""
+        if self.allocation == "uniform" or self.block_sparsity is not None:
+            return self
+        if calibration is None:
+            raise ConfigError("allocation: owl needs calibration data; pass calibration windows")
+        from netslim.engine.sequential import iter_block_stats  # noqa: PLC0415  (the engine imports methods)
+
+        ratios = []
+        for index, stats in iter_block_stats(adapter, calibration, frozenset({Stat.ACT_NORM})):
+            scores = [
+                linear_weight(module).abs().float() * stats[name].act_norm.to(module.weight.device).unsqueeze(0)
+                for name, module in adapter.block_linears(index).items()
+                if name in stats and not self.ignores(name)
+            ]
+            ratios.append(outlier_ratio(scores, self.owl_threshold))
+        sparsities = owl_sparsities(ratios, self.sparsity, self.owl_lambda)
+        return self.model_copy(update={"block_sparsity": tuple(sparsities)})
+
 
 def keep_mask(scores: torch.Tensor, cfg: PruningConfig, sparsity: float | None = None) -> torch.Tensor:
     """Boolean keep-mask for ``scores`` under the config's pattern and comparison group."""
@@ -66,6 +137,7 @@ def keep_mask(scores: torch.Tensor, cfg: PruningConfig, sparsity: float | None =
 
 def apply_scores(layer: LayerView, scores: torch.Tensor, cfg: PruningConfig) -> dict:
     """Zero the weights of ``layer`` whose scores lose, and report the pattern used."""
-    mask = keep_mask(scores, cfg)
+    sparsity = cfg.sparsity_for(layer.block_index)
+    mask = keep_mask(scores, cfg, sparsity)
     layer.weight.mul_(mask.to(layer.weight.dtype))
-    return {"pattern": cfg.pattern}
+    return {"pattern": cfg.pattern, "target_sparsity": cfg.target_sparsity if cfg.nm else sparsity}

@@ -1,0 +1,118 @@
+"""Depth pruning: remove whole decoder blocks.
+
+Men et al., "ShortGPT: Layers in Large Language Models are More Redundant Than You Expect",
+2024 (https://arxiv.org/abs/2403.03853): block influence ``BI_i = 1 - E[cos(h_i, h_{i+1})]``
+over calibration tokens, lowest removed. Kim et al., "Shortened LLaMA", 2024
+(https://arxiv.org/abs/2402.02834): the perplexity of the model with each block skipped,
+lowest removed. Blocks are scored once on the dense model and removed in one shot. Removing
+blocks keeps every remaining block intact, so the config (``num_hidden_layers``, and
+``layer_types`` where present) expresses the result and plain ``from_pretrained`` loads it.
+
+Recipe:
+    - method: depth
+      ratio: 0.25            # or blocks: 8
+      score: block_influence # or perplexity
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from netslim.data.windows import TokenWindows
+from netslim.engine.capture import capture_block_inputs, run_block
+from netslim.engine.stats import Stat
+from netslim.errors import ConfigError
+from netslim.methods.base import MethodConfig, Scope
+from netslim.methods.registry import register_method
+from netslim.models import surgery
+from netslim.models.adapter import ModelAdapter
+
+
+class DepthConfig(MethodConfig):
+    """Block removal settings.
+
+    Attributes:
+        ratio: Fraction of the blocks to remove (blocks are equal in size, so this is also
+            the fraction of decoder parameters); rounded to whole blocks.
+        blocks: Number of blocks to remove instead of ``ratio``.
+        score: ``block_influence`` (ShortGPT) or ``perplexity`` (each block skipped in turn).
+        score_windows: Calibration windows used for scoring.
+    """
+
+    method: Literal["depth"] = "depth"
+    ratio: float | None = Field(default=None, gt=0.0, lt=1.0)
+    blocks: int | None = Field(default=None, ge=1)
+    score: Literal["block_influence", "perplexity"] = "block_influence"
+    score_windows: int = Field(default=16, ge=1)
+
+    needs: ClassVar[frozenset[Stat]] = frozenset({Stat.ACT_NORM})
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> DepthConfig:
+        if (self.ratio is None) == (self.blocks is None):
+            raise ValueError("give exactly one of ratio (fraction of blocks) or blocks (a count)")
+        return self
+
+    def count(self, num_blocks: int) -> int:
+        """Blocks to remove from a model of ``num_blocks`` blocks."""
+        n = self.blocks if self.blocks is not None else round(self.ratio * num_blocks)
+        if n >= num_blocks:
+            raise ConfigError(f"depth: cannot remove {n} of {num_blocks} blocks; keep at least one")
+        return n
+
+
+@torch.no_grad()
+def block_states(adapter: ModelAdapter, ids: torch.Tensor) -> tuple[list[torch.Tensor], list]:
+    """Hidden states entering every block and leaving the last one (``num_blocks + 1`` tensors)."""
+    hidden, calls = capture_block_inputs(adapter, ids)
+    states = [hidden]
+    for index, block in enumerate(adapter.blocks):
+        states.append(run_block(block, states[-1], calls[index]))
+    return states, calls
+
+
+def block_influence(states: list[torch.Tensor]) -> torch.Tensor:
+    """``1 - mean cosine(input, output)`` of each block over all tokens (ShortGPT)."""
+    scores = [
+        1 - F.cosine_similarity(a.float().flatten(0, 1), b.float().flatten(0, 1), dim=-1).mean()
+        for a, b in zip(states[:-1], states[1:])
+    ]
+    return torch.stack(scores)
+
+
+def _nll(adapter: ModelAdapter, hidden: torch.Tensor, ids: torch.Tensor) -> float:
+    logits = adapter.lm_head(adapter.final_norm(hidden))[:, :-1].float()
+    return float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten().to(logits.device)))
+
+
+@torch.no_grad()
+def skip_perplexity(adapter: ModelAdapter, states: list[torch.Tensor], calls: list, ids: torch.Tensor) -> torch.Tensor:
+    """Perplexity of the model with each block skipped in turn (the others dense)."""
+    scores = []
+    for skipped in range(adapter.num_blocks):
+        hidden = states[skipped]
+        for index in range(skipped + 1, adapter.num_blocks):
+            hidden = run_block(adapter.blocks[index], hidden, calls[index])
+        scores.append(math.exp(_nll(adapter, hidden, ids)))
+    return torch.tensor(scores)
+
+
+@register_method("depth", DepthConfig, scope=Scope.MODEL)
+def depth(adapter: ModelAdapter, calibration: TokenWindows | None, cfg: DepthConfig, log) -> None:
+    """Score every block on the dense model and remove the least important ones."""
+    if calibration is None:
+        raise ConfigError("depth pruning needs calibration data; pass calibration windows")
+    n = cfg.count(adapter.num_blocks)
+    ids = calibration.ids[: cfg.score_windows]
+    states, calls = block_states(adapter, ids)
+    scores = block_influence(states) if cfg.score == "block_influence" else skip_perplexity(adapter, states, calls, ids)
+    del states
+    drop = sorted(torch.topk(scores, n, largest=False).indices.tolist())
+    for index in drop:
+        log.add(adapter.block_name(index), adapter.blocks[index], cfg.method, {"removed": True, cfg.score: float(scores[index])})
+    surgery.remove_blocks(adapter, drop)

@@ -1,0 +1,170 @@
+"""Low-rank factorization: plain SVD, activation-aware SVD, truncation-aware whitening SVD.
+
+Papers:
+    - ASVD: Yuan et al., "ASVD: Activation-aware Singular Value Decomposition for Compressing
+      Large Language Models", 2023 (https://arxiv.org/abs/2312.05821).
+    - SVD-LLM: Wang et al., "SVD-LLM: Truncation-aware Singular Value Decomposition for Large
+      Language Model Compression", 2024 (https://arxiv.org/abs/2403.07378).
+
+Each projection ``W`` (out, in) becomes a :class:`~netslim.nn.lowrank.FactorizedLinear`
+``in -> r -> out``. The three methods differ only in the space the SVD is truncated in
+(:mod:`netslim.ops.lowrank`): the weight itself (``svd``), the weight with input channels
+scaled by their activation magnitude (``asvd``), or the weight times the Cholesky factor of
+the input Gram matrix (``svd_llm``, where each dropped singular value squared is exactly the
+output error it causes on the calibration data).
+
+``ratio`` is the fraction of the targeted matrices' parameters to remove. ``allocation:
+uniform`` gives every matrix that ratio; ``allocation: sensitivity`` first sweeps the whole
+model to read every matrix's spectrum (in the method's own space) and chooses ranks globally
+(:func:`netslim.ops.rank_allocation.sensitivity_ranks`). A matrix is never factorized at a rank
+where its factors would be as large as the dense matrix.
+
+Recipe:
+    - method: svd_llm
+      ratio: 0.2                 # remove 20% of the decoder's projection parameters
+      allocation: sensitivity    # or uniform
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from netslim.data.windows import TokenWindows
+from netslim.engine.stats import LayerStats, Stat
+from netslim.errors import ConfigError
+from netslim.methods.base import LayerView, MethodConfig
+from netslim.methods.registry import register_method
+from netslim.models.adapter import ModelAdapter, linear_weight
+from netslim.nn.lowrank import FactorizedLinear
+from netslim.ops.lowrank import (
+    Factors,
+    asvd_scale,
+    cholesky_with_fallback,
+    diagonal_factors,
+    factorized_params,
+    svd_factors,
+    whitened_factors,
+)
+from netslim.ops.rank_allocation import MatrixSpectrum, sensitivity_ranks, uniform_rank
+
+
+class LowRankConfig(MethodConfig):
+    """Settings shared by ``svd``, ``asvd`` and ``svd_llm``.
+
+    Attributes:
+        ratio: Fraction of the targeted matrices' parameters to remove, in (0, 1).
+        allocation: ``uniform`` (every matrix loses ``ratio``) or ``sensitivity`` (ranks
+            chosen globally from the spectra so the total loses ``ratio``).
+        ranks: Explicit rank per full module name (a module absent from it stays dense).
+            Filled in by the planning sweep for ``allocation: sensitivity``; may also be
+            given by hand, which overrides ``ratio``.
+    """
+
+    ratio: float = Field(default=0.2, gt=0.0, lt=1.0)
+    allocation: Literal["uniform", "sensitivity"] = "uniform"
+    ranks: dict[str, int] | None = None
+
+    def rank_for(self, name: str, out_features: int, in_features: int) -> int | None:
+        """The rank of module ``name``, or ``None`` to keep it dense."""
+        if self.ranks is not None:
+            return self.ranks.get(name)
+        return uniform_rank(out_features, in_features, 1.0 - self.ratio)
+
+    def factors(self, weight: torch.Tensor, stats: LayerStats | None, rank: int) -> tuple[Factors, dict]:
+        """Rank-``rank`` factors of ``weight`` (out, in) and report fields; per method."""
+        raise NotImplementedError
+
+    def plan(self, adapter: ModelAdapter, calibration: TokenWindows | None) -> LowRankConfig:
+        """For ``allocation: sensitivity``, sweep the model for every spectrum and fix the ranks."""
+        if self.allocation == "uniform" or self.ranks is not None:
+            return self
+        spectra: dict[str, MatrixSpectrum] = {}
+        for index, stats in self._sweep(adapter, calibration):
+            for name, module in adapter.block_linears(index).items():
+                if not self.ignores(name):
+                    weight = linear_weight(module)
+                    spectrum = self.factors(weight, stats.get(name), 0)[0].spectrum
+                    spectra[name] = MatrixSpectrum(weight.shape[0], weight.shape[1], spectrum)
+        ranks = sensitivity_ranks(spectra, self.ratio)
+        return self.model_copy(update={"ranks": {name: r for name, r in ranks.items() if r is not None}})
+
+    def _sweep(self, adapter: ModelAdapter, calibration: TokenWindows | None):
+        if not self.needs:
+            return ((index, {}) for index in range(adapter.num_blocks))
+        if calibration is None:
+            raise ConfigError(f"method {self.method} needs calibration data; pass calibration windows")
+        from netslim.engine.sequential import iter_block_stats  # noqa: PLC0415  (the engine imports methods)
+
+        return iter_block_stats(adapter, calibration, self.needs)
+
+
+class SVDConfig(LowRankConfig):
+    """Plain truncated SVD of each weight (data-free)."""
+
+    method: Literal["svd"] = "svd"
+
+    def factors(self, weight, stats, rank):
+        return svd_factors(weight, rank), {}
+
+
+class ASVDConfig(LowRankConfig):
+    """Activation-aware SVD.
+
+    Attributes:
+        alpha: Exponent of the activation magnitude in the channel scale (0.5 in the paper).
+            The magnitude used is each input channel's root mean square over the
+            calibration tokens.
+    """
+
+    method: Literal["asvd"] = "asvd"
+    alpha: float = Field(default=0.5, ge=0.0, le=2.0)
+    needs: ClassVar[frozenset[Stat]] = frozenset({Stat.ACT_NORM})
+
+    def factors(self, weight, stats, rank):
+        scale = asvd_scale(stats.act_sq_mean.sqrt().to(weight.device), self.alpha)
+        return diagonal_factors(weight, rank, scale), {}
+
+
+class SVDLLMConfig(LowRankConfig):
+    """Truncation-aware whitening SVD (SVD-LLM).
+
+    Attributes:
+        damping: Relative diagonal damping of ``X^T X`` (a fraction of its mean diagonal)
+            before its Cholesky factorization. If that fails, 10x, 100x, 1000x the damping,
+            then fp64, then a diagonal factor are tried; each layer's report records which
+            (``whitening_fallback``, ``whitening_damping``).
+    """
+
+    method: Literal["svd_llm"] = "svd_llm"
+    damping: float = Field(default=1e-6, ge=0.0, lt=1.0)
+    needs: ClassVar[frozenset[Stat]] = frozenset({Stat.HESSIAN})
+
+    def factors(self, weight, stats, rank):
+        whitening = cholesky_with_fallback(stats.hessian.to(weight.device), self.damping)
+        return whitened_factors(weight, rank, whitening), whitening.describe()
+
+
+def factorize(layer: LayerView, stats: LayerStats | None, cfg: LowRankConfig) -> dict:
+    """Replace ``layer`` by a :class:`FactorizedLinear` at its allocated rank."""
+    weight = layer.weight
+    out_features, in_features = weight.shape
+    rank = cfg.rank_for(layer.name, out_features, in_features)
+    if rank is None:
+        return {"rank": None}
+    factors, extra = cfg.factors(weight, stats, rank)
+    bias = getattr(layer.module, "bias", None)
+    layer.replace(FactorizedLinear.from_factors(factors.up, factors.down, None if bias is None else bias.data))
+    return {
+        "rank": rank,
+        "params_dense": out_features * in_features,
+        "params_factorized": factorized_params(out_features, in_features, rank),
+        "dropped_energy_share": factors.dropped_energy() / max(float(factors.spectrum.double().square().sum()), 1e-30),
+        **extra,
+    }
+
+
+for _name, _cls in (("svd", SVDConfig), ("asvd", ASVDConfig), ("svd_llm", SVDLLMConfig)):
+    register_method(_name, _cls)(factorize)

@@ -1,0 +1,238 @@
+"""Width pruning: physically remove attention heads and MLP neurons.
+
+An, Zhao, Yu, Tang, Wang, "Fluctuation-based Adaptive Structured Pruning for Large Language
+Models" (FLAP), AAAI 2024 (https://arxiv.org/abs/2312.11983); Ma, Fang, Wang, "LLM-Pruner",
+NeurIPS 2023 (https://arxiv.org/abs/2305.11627) for the first-order Taylor score.
+
+Coupled structures are removed together: a head is its q (k, v) rows and its o_proj columns;
+a neuron is its gate/up rows and its down_proj column. With grouped-query attention either
+whole key-value groups go (``gqa: kv``: a key-value head and every query head reading it) or
+the same number of query heads goes from every group (``gqa: query``), so every block keeps
+equal groups. Scores: ``magnitude`` (data-free), ``wanda`` (input norm times column weight),
+``flap`` (input variance times squared column norm) and ``taylor`` (``|w * dL/dw|`` summed
+over the structure; needs a backward pass). ``allocation: uniform`` gives every block the
+same sizes (the config can express it); ``global`` ranks standardized scores across blocks,
+weighting each unit by the parameters it frees (FLAP's adaptive structure). With
+``compensate`` (default for ``flap``) the mean contribution of the removed channels becomes
+a bias of o_proj / down_proj, added where the family has none.
+
+All scores come from one pass of the dense model over the calibration windows; the cuts
+follow once every block is scored.
+
+Recipe:
+    - method: width
+      ratio: 0.2             # fraction of the blocks' projection parameters removed
+      score: flap            # magnitude | wanda | flap | taylor
+      allocation: global     # uniform | global
+      gqa: kv                # kv | query
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from netslim.data.windows import TokenWindows
+from netslim.engine.capture import capture_block_inputs, run_block
+from netslim.engine.stats import Stat
+from netslim.errors import ConfigError
+from netslim.methods.base import MethodConfig, Scope
+from netslim.methods.registry import register_method
+from netslim.models import surgery
+from netslim.models.adapter import ModelAdapter
+from netslim.ops import structured as S
+
+
+class WidthConfig(MethodConfig):
+    """Width (head and neuron) pruning settings.
+
+    Attributes:
+        ratio: Fraction of the decoder blocks' projection parameters to remove, in (0, 1).
+        score: How structures are ranked.
+        allocation: ``uniform`` (same sizes in every block) or ``global`` (standardized scores
+            compete across blocks).
+        gqa: ``kv`` removes key-value groups whole; ``query`` removes query heads evenly from
+            every group.
+        compensate: Fold the removed channels' mean output into a bias; ``None`` means on for
+            ``flap`` only.
+        prune_attention: Whether heads may be removed (else only neurons).
+        taylor_windows: Calibration windows used for gradients with ``score: taylor``.
+    """
+
+    method: Literal["width"] = "width"
+    ratio: float = Field(default=0.2, gt=0.0, lt=1.0)
+    score: Literal["magnitude", "wanda", "flap", "taylor"] = "flap"
+    allocation: Literal["uniform", "global"] = "uniform"
+    gqa: Literal["kv", "query"] = "kv"
+    compensate: bool | None = None
+    prune_attention: bool = True
+    taylor_windows: int = Field(default=8, ge=1)
+
+    needs: ClassVar[frozenset[Stat]] = frozenset({Stat.ACT_NORM})
+
+    @property
+    def compensates(self) -> bool:
+        """Whether bias compensation is applied."""
+        return self.score == "flap" if self.compensate is None else self.compensate
+
+
+@dataclass
+class BlockScores:
+    """Scores of one block's removable units, lowest removed first.
+
+    Attributes:
+        head_units: Score per attention unit (a key-value group, or a slice of one query
+            head per group in ``query`` mode), in removal order.
+        head_order: Per unit, the query heads it removes.
+        neurons: Score per MLP neuron.
+        head_cost / neuron_cost: Parameters one unit frees.
+    """
+
+    head_units: torch.Tensor
+    head_order: list[list[int]]
+    neurons: torch.Tensor
+    head_cost: int
+    neuron_cost: int
+
+
+def _channel_stats(adapter: ModelAdapter, calibration: TokenWindows) -> list[tuple[S.ChannelStats, S.ChannelStats]]:
+    """Per block: input moments of the attention and MLP output projections (dense pass)."""
+    hidden, calls = capture_block_inputs(adapter, calibration.ids)
+    result = []
+    for index in range(adapter.num_blocks):
+        pair = []
+        handles = []
+        for path in (adapter.spec.attn_out, adapter.spec.mlp_out):
+            module = adapter.block_part(index, path)
+            acc = S.ChannelStats.zeros(module.in_features)
+            handles.append(module.register_forward_hook(lambda _m, inp, _o, acc=acc: acc.add(inp[0])))
+            pair.append(acc)
+        try:
+            hidden = run_block(adapter.blocks[index], hidden, calls[index])
+        finally:
+            for handle in handles:
+                handle.remove()
+        result.append(tuple(pair))
+    return result
+
+
+def _taylor_grads(adapter: ModelAdapter, calibration: TokenWindows, windows: int) -> dict[str, torch.Tensor]:
+    """Summed ``dL/dW`` of every block projection over the first ``windows`` windows."""
+    linears = {n: m for i in range(adapter.num_blocks) for n, m in adapter.block_linears(i).items()}
+    flags = {n: p.requires_grad for n, p in adapter.model.named_parameters()}
+    adapter.model.requires_grad_(False)
+    for module in linears.values():
+        module.weight.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            for row in calibration.ids[:windows]:
+                ids = row.unsqueeze(0).to(adapter.device)
+                adapter.model(ids, labels=ids, use_cache=False).loss.backward()
+        return {n: m.weight.grad.detach().clone() for n, m in linears.items()}
+    finally:
+        for name, param in adapter.model.named_parameters():
+            param.grad = None
+            param.requires_grad_(flags.get(name, True))
+
+
+def _channel_scores(adapter, index, cfg, stats, grads, part: Literal["attn", "mlp"]) -> torch.Tensor:
+    """Score per input channel of block ``index``'s attention or MLP output projection."""
+    spec = adapter.spec
+    out_path, in_paths = (spec.attn_out, spec.attn_in[:1]) if part == "attn" else (spec.mlp_out, spec.mlp_in)
+    w_out = adapter.block_part(index, out_path).weight.data
+    w_ins = [adapter.block_part(index, p).weight.data for p in in_paths]
+    if cfg.score == "magnitude":
+        return S.magnitude_scores(w_out, w_ins)
+    if cfg.score == "wanda":
+        return S.wanda_scores(w_out, stats)
+    if cfg.score == "flap":
+        return S.fluctuation_scores(w_out, stats)
+    prefix = adapter.block_name(index)
+    pairs = [(w_out, grads[f"{prefix}.{out_path}"], 1)]
+    pairs += [(w, grads[f"{prefix}.{p}"], 0) for w, p in zip(w_ins, in_paths)]
+    return S.taylor_scores(pairs)
+
+
+def _block_scores(adapter, index, cfg, stats, grads) -> BlockScores:
+    hd, hidden = adapter.head_dim, adapter.hidden_size
+    n_q, n_kv = surgery.head_counts(adapter, index)
+    group = n_q // n_kv
+    heads = S.group_scores(_channel_scores(adapter, index, cfg, stats and stats[0], grads, "attn"), hd)
+    mlp = _channel_scores(adapter, index, cfg, stats and stats[1], grads, "mlp")
+    neuron_cost = hidden * (len(adapter.spec.mlp_in) + 1)
+    if not cfg.prune_attention:
+        return BlockScores(torch.zeros(0), [], mlp, 0, neuron_cost)
+    if cfg.gqa == "kv" or group == 1:
+        units = heads.reshape(n_kv, group).mean(1)
+        order = torch.argsort(units).tolist()
+        members = [list(range(g * group, (g + 1) * group)) for g in order]
+        return BlockScores(units[order], members, mlp, 2 * (group + 1) * hd * hidden, neuron_cost)
+    ranked = torch.argsort(heads.reshape(n_kv, group), dim=1)  # (n_kv, group): heads, lowest first
+    slices = [[g * group + int(ranked[g, k]) for g in range(n_kv)] for k in range(group)]
+    units = torch.stack([heads[s].mean() for s in slices])
+    return BlockScores(units, slices, mlp, 2 * n_kv * hd * hidden, neuron_cost)
+
+
+def _plan(scores: list[BlockScores], cfg: WidthConfig) -> list[tuple[int, int]]:
+    """(head units, neurons) to remove per block."""
+    if cfg.allocation == "uniform":
+        return [_uniform(s, cfg.ratio) for s in scores]
+    pools, candidates = {}, []
+    for index, s in enumerate(scores):
+        for kind, values, cost in (("attn", s.head_units, s.head_cost), ("mlp", s.neurons, s.neuron_cost)):
+            pools[(index, kind)] = values.numel()
+            order = torch.argsort(values)
+            standard = S.standardize(values.float())
+            candidates += [S.Candidate((index, kind), r, float(standard[i]), cost) for r, i in enumerate(order.tolist())]
+    total = sum(s.head_units.numel() * s.head_cost + s.neurons.numel() * s.neuron_cost for s in scores)
+    removed = S.global_allocation(candidates, int(cfg.ratio * total), pools)
+    return [(removed[(i, "attn")], removed[(i, "mlp")]) for i in range(len(scores))]
+
+
+def _uniform(s: BlockScores, ratio: float) -> tuple[int, int]:
+    if s.head_units.numel() == 0:
+        return 0, min(round(ratio * s.neurons.numel()), s.neurons.numel() - 1)
+    return S.uniform_counts(s.head_units.numel(), s.head_cost, s.neurons.numel(), s.neuron_cost, ratio)
+
+
+def _cut_block(adapter, index, s: BlockScores, n_units: int, n_neurons: int, stats, cfg) -> dict:
+    """Apply the cuts of one block; returns its report fields."""
+    spec, hd = adapter.spec, adapter.head_dim
+    n_q, n_kv = surgery.head_counts(adapter, index)
+    removed_q = torch.tensor(sorted(h for unit in s.head_order[:n_units] for h in unit), dtype=torch.long)
+    removed_n = S.lowest(s.neurons, n_neurons)
+    if cfg.compensates:
+        for path, removed, moments in ((spec.attn_out, surgery.head_rows(removed_q, hd), stats[0]), (spec.mlp_out, removed_n, stats[1])):
+            if removed.numel():
+                out = adapter.block_part(index, path)
+                surgery.add_bias(out, S.compensation_bias(out.weight.data, moments.mean, removed))
+    if removed_q.numel():
+        keep_q = S.complement(n_q, removed_q)
+        group = n_q // n_kv
+        keep_kv = torch.unique(keep_q // group) if cfg.gqa == "kv" or group == 1 else torch.arange(n_kv)
+        surgery.prune_heads(adapter, index, keep_q, keep_kv)
+    if removed_n.numel():
+        surgery.prune_neurons(adapter, index, S.complement(s.neurons.numel(), removed_n))
+    heads, kv_heads = surgery.head_counts(adapter, index)
+    return {"heads": heads, "kv_heads": kv_heads, "intermediate": surgery.intermediate_size(adapter, index),
+            "removed_heads": removed_q.tolist(), "removed_neurons": int(removed_n.numel())}
+
+
+@register_method("width", WidthConfig, scope=Scope.MODEL)
+def width(adapter: ModelAdapter, calibration: TokenWindows | None, cfg: WidthConfig, log) -> None:
+    """Score every block on the dense model, allocate the removals, then cut."""
+    surgery.check_width_supported(adapter)
+    data_needed = cfg.score in ("wanda", "flap", "taylor") or cfg.compensates
+    if data_needed and calibration is None:
+        raise ConfigError(f"width pruning with score '{cfg.score}' needs calibration data; pass calibration windows")
+    stats = _channel_stats(adapter, calibration) if cfg.score in ("wanda", "flap") or cfg.compensates else None
+    grads = _taylor_grads(adapter, calibration, cfg.taylor_windows) if cfg.score == "taylor" else None
+    scores = [_block_scores(adapter, i, cfg, stats and stats[i], grads) for i in range(adapter.num_blocks)]
+    for index, (units, neurons) in enumerate(_plan(scores, cfg)):
+        extra = _cut_block(adapter, index, scores[index], units, neurons, stats and stats[index], cfg)
+        for name, module in adapter.block_linears(index).items():
+            log.add(name, module, cfg.method, extra if name.endswith(adapter.spec.attn_out) else None)
+    surgery.sync_config(adapter)

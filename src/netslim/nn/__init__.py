@@ -1,0 +1,1 @@
+"""Compressed module types (factorized, quantized, compensated) that replace nn.Linear."""

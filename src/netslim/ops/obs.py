@@ -1,0 +1,155 @@
+"""The blocked optimal-brain-surgeon sweep shared by SparseGPT and GPTQ.
+
+Both papers process the columns of a weight ``W`` (out, in) left to right. Column ``i`` is
+replaced by a compressed version ``q`` (pruned, quantized, or both) and the error
+``e = (w_i - q) / U_ii`` is spread over the columns not yet processed through row ``i`` of
+``U``, the upper Cholesky factor of ``H^-1`` (:func:`netslim.ops.hessian.inverse_cholesky`).
+Updates are lazy: inside a block of columns (128 by default) they are applied at once, and
+the block's accumulated error reaches the later columns in one matrix product.
+
+What differs between the methods is only how a column is compressed, a *column rule*
+called as ``rule(col, local, block, hinv_diag) -> q``:
+
+- ``col``: the column's position in sweep order (after any act-order permutation);
+- ``local``: its position inside the current block;
+- ``block``: the block's current weights (out, block width), already updated by every
+  earlier column; rules read it to choose masks or grids for the columns ahead;
+- ``hinv_diag``: the diagonal of ``U`` restricted to the block, (block width,).
+
+:class:`QuantRule` (GPTQ) rounds to a grid, :class:`MaskRule` (SparseGPT) picks masks by
+the OBS saliency ``w^2 / U_ii^2`` and can hand the kept weights to a :class:`QuantRule`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+
+from netslim.ops.masks import layer_mask, nm_mask
+from netslim.ops.quant import QuantizedWeight, codes_for, fake_quantize, grid_params, group_index, group_params
+
+BLOCK_SIZE = 128
+
+
+class ColumnRule(Protocol):
+    """How a method compresses one column (see the module docstring)."""
+
+    def __call__(self, col: int, local: int, block: torch.Tensor, hinv_diag: torch.Tensor) -> torch.Tensor: ...
+
+
+def aligned_block_size(unit: int, base: int = BLOCK_SIZE) -> int:
+    """The smallest multiple of ``unit`` (a group size or N:M's M) that is at least ``base``.
+
+    Rules that decide for ``unit`` columns at once read them from the current block, so
+    every unit must lie inside one block.
+    """
+    return base if unit <= 0 else unit * math.ceil(base / unit)
+
+
+def obs_sweep(weight: torch.Tensor, upper: torch.Tensor, rule: ColumnRule, block_size: int = BLOCK_SIZE) -> float:
+    """Compress ``weight`` (out, in) float32 in place, column by column, with OBS updates.
+
+    Args:
+        weight: Modified in place; on return every column holds its rule's output.
+        upper: Upper Cholesky factor of the (damped) inverse Hessian, (in, in).
+        rule: The column rule.
+        block_size: Columns per lazy-update block.
+
+    Returns:
+        The OBS estimate of the added loss, ``sum (w - q)^2 / (2 U_ii^2)``; with
+        ``H = 2 X^T X / n`` it approximates ``||(W - Q) X^T||^2 / n`` (damping makes it an
+        overestimate), a cheap per-layer reconstruction error.
+    """
+    columns = weight.shape[1]
+    loss = torch.zeros((), dtype=torch.float64)
+    for start in range(0, columns, block_size):
+        end = min(start + block_size, columns)
+        block = weight[:, start:end].clone()  # (out, width)
+        hinv = upper[start:end, start:end]
+        hinv_diag = torch.diagonal(hinv)
+        errors = torch.zeros_like(block)
+        for local in range(end - start):
+            w = block[:, local].clone()
+            q = rule(start + local, local, block, hinv_diag)
+            err = (w - q) / hinv_diag[local]
+            loss += err.square().sum().double() / 2
+            block[:, local:].sub_(err.unsqueeze(1) * hinv[local, local:].unsqueeze(0))
+            block[:, local] = q
+            errors[:, local] = err
+        weight[:, start:end] = block
+        weight[:, end:].sub_(errors @ upper[start:end, end:])
+    return float(loss)
+
+
+class QuantRule:
+    """Round each column to its group's grid (GPTQ), keeping given zeros at zero.
+
+    Args:
+        weight: The layer's weight (out, in) in natural column order, before the sweep.
+        bits, group_size, sym: The grid (see :mod:`netslim.ops.quant`).
+        perm: Sweep order as indices into natural order (act-order), or ``None``.
+        keep: Optional boolean (out, in) mask in sweep order; weights outside it are forced
+            to zero and their error is compensated like any other (GPTQ after pruning).
+
+    Group grids are fixed before the sweep from the original weights (*static groups*) when
+    there is a permutation or one group per row; otherwise each group's grid is computed when
+    the sweep reaches its first column, from the weights as updated so far (the GPTQ paper).
+    Either way ``g_idx[i] = i // group_size`` in natural order.
+    """
+
+    def __init__(self, weight: torch.Tensor, bits: int, group_size: int, sym: bool,
+                 perm: torch.Tensor | None = None, keep: torch.Tensor | None = None):
+        self.bits, self.group_size, self.sym, self.keep = bits, group_size, sym, keep
+        self.g_idx = group_index(weight.shape[1], group_size)
+        self.static = perm is not None or group_size == -1
+        self.order = perm if perm is not None else torch.arange(weight.shape[1])
+        if self.static:
+            self.scales, self.zeros = group_params(weight.float(), bits, group_size, sym)
+        else:
+            groups = int(self.g_idx[-1]) + 1
+            self.scales = torch.zeros(weight.shape[0], groups)
+            self.zeros = torch.zeros(weight.shape[0], groups)
+
+    def __call__(self, col: int, local: int, block: torch.Tensor, hinv_diag: torch.Tensor) -> torch.Tensor:
+        return self.quantize(col, local, block, block[:, local])
+
+    def quantize(self, col: int, local: int, block: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Grid values of ``values``, the column at sweep position ``col``."""
+        group = int(self.g_idx[self.order[col]])
+        if not self.static and col % self.group_size == 0:
+            scale, zero = grid_params(block[:, local : local + self.group_size], self.bits, self.sym)
+            self.scales[:, group], self.zeros[:, group] = scale, zero
+        q = fake_quantize(values, self.scales[:, group], self.zeros[:, group], self.bits)
+        return q if self.keep is None else q * self.keep[:, col]
+
+    def result(self, weight: torch.Tensor) -> QuantizedWeight:
+        """Codes of the swept ``weight`` (natural order, on the grid) and the grid."""
+        codes = codes_for(weight, self.scales, self.zeros, self.g_idx, self.bits)
+        return QuantizedWeight(codes, self.scales, self.zeros, self.g_idx, self.bits, self.group_size)
+
+
+class MaskRule:
+    """Choose which weights to prune by OBS saliency as the sweep reaches them (SparseGPT).
+
+    Unstructured: at the start of each block, the ``sparsity`` share of the block's weights
+    with the lowest ``w^2 / U_ii^2`` (over all rows together) is pruned. ``N:M``: at the first
+    column of every group of ``M``, each row keeps its ``N`` most salient weights. Kept
+    weights pass through ``quant`` when given (joint sparsity and quantization).
+    """
+
+    def __init__(self, sparsity: float, nm: tuple[int, int] | None = None, quant: QuantRule | None = None):
+        self.sparsity, self.nm, self.quant = sparsity, nm, quant
+        self.mask: torch.Tensor | None = None  # keep-mask of the current block
+
+    def __call__(self, col: int, local: int, block: torch.Tensor, hinv_diag: torch.Tensor) -> torch.Tensor:
+        if local == 0:
+            self.mask = torch.ones_like(block, dtype=torch.bool)
+            if self.nm is None:
+                self.mask = layer_mask(block.square() / hinv_diag.square(), self.sparsity)
+        if self.nm is not None and col % self.nm[1] == 0:
+            span = slice(local, local + self.nm[1])
+            self.mask[:, span] = nm_mask(block[:, span].square() / hinv_diag[span].square(), *self.nm)
+        values = block[:, local] * self.mask[:, local]
+        return values if self.quant is None else self.quant.quantize(col, local, block, values)

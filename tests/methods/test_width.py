@@ -1,0 +1,125 @@
+"""Width pruning: equivalence with masking, compensation, GQA invariants, export round trip."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import netslim
+from tiny_models import tiny_model
+from netslim.errors import ConfigError, UnsupportedModelError
+from netslim.export.load import read_marker
+from netslim.models import surgery
+from netslim.models.adapter import ModelAdapter
+
+IDS = torch.randint(3, 128, (2, 16), generator=torch.Generator().manual_seed(2))
+
+
+def _kept_columns(dense: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """Which columns of ``dense`` survive in ``pruned`` (columns are unique in random weights)."""
+    return (dense.t()[:, None, :] == pruned.t()[None]).all(-1).any(1)
+
+
+def _masked_reference(dense, pruned, layers):
+    """``dense`` with the heads and neurons that ``pruned`` lost set to output zero."""
+    masked = copy.deepcopy(dense)
+    a, p = ModelAdapter.from_model(masked), ModelAdapter.from_model(pruned)
+    records = {r["name"]: r for r in layers}
+    for i in range(a.num_blocks):
+        removed = records[f"{a.block_name(i)}.{a.spec.attn_out}"]["removed_heads"]
+        a.block_part(i, a.spec.attn_out).weight.data[:, surgery.head_rows(torch.tensor(removed, dtype=torch.long), a.head_dim)] = 0
+        down, down_p = a.block_part(i, a.spec.mlp_out).weight.data, p.block_part(i, p.spec.mlp_out).weight.data
+        down[:, ~_kept_columns(down, down_p)] = 0
+    return masked
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma3_text", "opt"])
+@pytest.mark.parametrize("score,allocation,gqa", [("flap", "global", "kv"), ("wanda", "uniform", "query"), ("magnitude", "global", "query")])
+def test_width_equals_dense_with_removed_structures_masked(family, score, allocation, gqa, token_windows):
+    dense = tiny_model(family)
+    model = copy.deepcopy(dense)
+    cfg = netslim.WidthConfig(ratio=0.4, score=score, allocation=allocation, gqa=gqa, compensate=False)
+    result = netslim.compress(model, cfg, calibration=token_windows, progress=False)
+    assert netslim.evaluate(model, data=token_windows, progress=False).size.params < 0.9 * sum(p.numel() for p in dense.parameters())
+    reference = _masked_reference(dense, model, result.layers)
+    torch.testing.assert_close(model(IDS).logits, reference(IDS).logits, atol=1e-4, rtol=1e-4)
+
+
+def _block0_error(dense, model, windows):
+    """Mean squared error of block 0's output against the dense block 0, on the same inputs."""
+    outs = []
+    for m in (dense, model):
+        captured = []
+        handle = ModelAdapter.from_model(m).blocks[0].register_forward_hook(lambda _m, _i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+        with torch.no_grad():
+            m(windows.ids)
+        handle.remove()
+        outs.append(captured[0])
+    return float((outs[0] - outs[1]).square().mean())
+
+
+def test_compensation_lowers_layer_error(token_windows):
+    dense = tiny_model("llama")
+    with torch.no_grad():  # channels with a large mean, which the bias can replace
+        for block in ModelAdapter.from_model(dense).blocks:
+            block.mlp.gate_proj.bias = torch.nn.Parameter(torch.full((128,), 2.0))
+    errors = {}
+    for compensate in (False, True):
+        model = copy.deepcopy(dense)
+        netslim.compress(model, netslim.WidthConfig(ratio=0.4, score="flap", compensate=compensate), calibration=token_windows, progress=False)
+        errors[compensate] = _block0_error(dense, model, token_windows)
+        assert (ModelAdapter.from_model(model).blocks[0].mlp.down_proj.bias is not None) == compensate
+    assert errors[True] < errors[False], errors
+
+
+@pytest.mark.parametrize("gqa", ["kv", "query"])
+def test_gqa_invariants_and_generation(gqa, token_windows):
+    model = tiny_model("llama")  # 4 query heads in 2 groups of 2
+    netslim.compress(model, netslim.WidthConfig(ratio=0.5, score="flap", allocation="global", gqa=gqa), calibration=token_windows, progress=False)
+    adapter = ModelAdapter.from_model(model)
+    for i in range(adapter.num_blocks):
+        q, kv = surgery.head_counts(adapter, i)
+        attn = adapter.block_part(i, "self_attn")
+        assert q % kv == 0 and attn.num_key_value_groups == q // kv
+        assert (q // kv == 2) if gqa == "kv" else (kv == 2)
+    out = model.generate(IDS[:1, :4], max_new_tokens=6, do_sample=False)
+    assert out.shape == (1, 10)
+
+
+def test_taylor_score_runs_and_restores_grad_flags(token_windows):
+    model = tiny_model("qwen2")
+    netslim.compress(model, netslim.WidthConfig(ratio=0.3, score="taylor", taylor_windows=2), calibration=token_windows, progress=False)
+    assert all(p.grad is None for p in model.parameters())
+    assert surgery.intermediate_size(ModelAdapter.from_model(model), 0) < 128
+
+
+def test_uniform_result_loads_with_plain_transformers(tmp_path, token_windows):
+    model = tiny_model("llama")
+    result = netslim.compress(model, netslim.WidthConfig(ratio=0.5, score="wanda"), calibration=token_windows, progress=False)
+    netslim.save(result, tmp_path / "out")
+    assert read_marker(tmp_path / "out")["format"] == "dense"
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert plain.config.num_key_value_heads == 1 and plain.config.intermediate_size == model.config.intermediate_size
+    torch.testing.assert_close(plain(IDS).logits, model(IDS).logits)
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_nonuniform_or_compensated_result_round_trips_through_netslim_load(tmp_path, token_windows, allocation):
+    model = tiny_model("mistral")
+    cfg = netslim.WidthConfig(ratio=0.4, score="flap", allocation=allocation, gqa="query")
+    result = netslim.compress(model, cfg, calibration=token_windows, progress=False)
+    netslim.save(result, tmp_path / "out")
+    assert read_marker(tmp_path / "out")["format"] == "modules"  # o_proj/down_proj biases
+    loaded = netslim.load(tmp_path / "out").model
+    torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits)
+    assert loaded.generate(IDS[:1, :4], max_new_tokens=3, do_sample=False).shape == (1, 7)
+
+
+def test_bad_settings_and_families_fail_clearly(token_windows):
+    with pytest.raises(ConfigError):
+        netslim.compress(tiny_model("llama"), {"method": "width", "ratio": 1.5}, calibration=token_windows)
+    with pytest.raises(ConfigError):
+        netslim.compress(tiny_model("llama"), {"method": "width", "scores": "flap"}, calibration=token_windows)
+    with pytest.raises(UnsupportedModelError):
+        netslim.compress(tiny_model("gpt2"), {"method": "width"}, calibration=token_windows, progress=False)

@@ -1,0 +1,50 @@
+"""Tiny randomly initialized causal LMs built from real transformers configs.
+
+Imported by the tests as ``from tiny_models import tiny_model`` (pytest puts ``tests/`` on
+the path); ``conftest`` is not importable by name, since several folders have one.
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers as T
+
+TINY_CONFIGS = {
+    "llama": lambda: T.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128, max_position_embeddings=128,
+    ),
+    "qwen2": lambda: T.Qwen2Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128, max_position_embeddings=128,
+    ),
+    "mistral": lambda: T.MistralConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128, max_position_embeddings=128, head_dim=16,
+    ),
+    "gemma3_text": lambda: T.Gemma3TextConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=128,
+        sliding_window=16,
+    ),
+    "gpt2": lambda: T.GPT2Config(
+        n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_positions=128,
+        bos_token_id=1, eos_token_id=2,
+    ),
+    "opt": lambda: T.OPTConfig(
+        hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=128,
+        max_position_embeddings=128, word_embed_proj_dim=64, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0,
+    ),
+}
+
+
+def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny random causal LM of ``family`` in eval mode, with non-trivial weights."""
+    torch.manual_seed(seed)
+    model = T.AutoModelForCausalLM.from_config(TINY_CONFIGS[family]())
+    with torch.no_grad():  # random norms and biases, so that folding them is actually tested
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
