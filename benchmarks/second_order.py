@@ -4,7 +4,7 @@ Protocol (the project's small protocol): perplexity on the first 80 non-overlapp
 512 tokens of WikiText-2 test; calibration 64 windows of 512 tokens drawn from WikiText-2
 valid with seed 0; fp32 on CPU. Each configuration runs in its own subprocess from a fresh
 copy of the model, so the peak RSS is per configuration. The compressed model is saved with
-``netslim.save`` (default ``auto`` format, fp16 values) to measure its real size on disk and
+``netslim.save`` (``format="packed"``, float16 values) to measure its real size on disk and
 bits per weight of the decoder Linear layers. Results accumulate in the JSON file, so the
 script can be run piecemeal:
 
@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 import netslim
 from _common import RESULTS, SMALL_PROTOCOL, eval_windows, write_results
@@ -93,9 +95,10 @@ def _saved_size(lm: netslim.LoadedModel, result) -> dict:
     result = result or CompressionResult(lm.model, lm.tokenizer, [], [], None, 0.0, 0)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            folder = netslim.save(result, Path(tmp) / "out")
+            folder = netslim.save(result, Path(tmp) / "out", format="packed", dtype=torch.float16)
             summary = json.loads((folder / "netslim.json").read_text())["storage"]["summary"]
-            return {"size_bytes": folder_weight_bytes(folder), "bits_per_weight": summary.get("bits_per_weight")}
+            linears = summary["decoder_linears"]
+            return {"size_bytes": folder_weight_bytes(folder), "bits_per_weight": linears["bits_per_weight"]}
     except Exception as error:  # noqa: BLE001  (the figure is optional; record why it is missing)
         return {"save_error": f"{type(error).__name__}: {error}"}
 
@@ -118,7 +121,7 @@ def table(rows: dict, protocol: dict) -> str:
         f"\nProtocol: {protocol['model']}, WikiText-2 test, first {protocol['eval_windows']} windows of "
         f"{protocol['seqlen']} tokens; calibration {protocol['calib_windows']} windows of WikiText-2 valid, "
         f"seed {protocol['seed']}; fp32, CPU, each configuration in its own process. Size: safetensors "
-        "written by netslim.save (fp16 values); bits/weight over the decoder Linear weights."
+        "written by netslim.save(format='packed', dtype=float16); bits/weight over the decoder Linear weights."
     )
     return "\n".join(lines)
 

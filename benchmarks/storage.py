@@ -1,8 +1,8 @@
-"""Benchmark: bytes on disk of compressed smollm2-135m artifacts, packed (auto) versus dense.
+"""Benchmark: bytes on disk of compressed smollm2-135m artifacts, packed versus dense.
 
 Protocol: smollm2-135m (fp32 in memory) is compressed with each configuration (Wanda with 64
 calibration windows of 512 tokens of WikiText-2 valid, seed 0; RTN data-free), then saved with
-``netslim.save`` in ``format="dense"`` (plain transformers layout, fp32) and ``format="auto"``
+``netslim.save`` in ``format="dense"`` (plain transformers layout, fp32) and ``format="packed"``
 (packed codecs, float16 values). Reported: bytes of the ``*.safetensors`` files, bytes and bits
 per weight of the decoder Linear weights (210 projections, 134M -> 106.2M weights), save and
 load seconds, and perplexity on the first ``--eval-windows`` windows of 512 tokens of
@@ -19,6 +19,8 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 import netslim
 from _common import SMALL_PROTOCOL, eval_windows, write_results
@@ -37,7 +39,7 @@ CONFIGS = {
 
 def _save_and_load(result: CompressionResult, folder: Path, fmt: str) -> dict:
     start = time.perf_counter()
-    netslim.save(result, folder, format=fmt)
+    netslim.save(result, folder, format=fmt, dtype=torch.float16 if fmt == "packed" else None)
     saved = time.perf_counter()
     loaded = netslim.load(folder)
     marker = read_marker(folder)
@@ -60,10 +62,10 @@ def run_config(name: str, stages: list, protocol: dict, windows, calib, workdir:
     result = netslim.compress(lm, stages, calib, progress=False) if stages else CompressionResult(
         lm.model, lm.tokenizer, [], [], None, 0.0, 0, source=protocol["model"])
     row = {"ppl_in_memory": netslim.evaluate(lm.model, data=windows, progress=False).ppl}
-    for fmt in ("dense", "auto"):
+    for fmt in ("dense", "packed"):
         saved = _save_and_load(result, workdir / f"{name}-{fmt}".replace(" ", "_").replace("%", ""), fmt)
         model = saved.pop("model")
-        if fmt == "auto":
+        if fmt == "packed":
             saved["ppl_after_load"] = netslim.evaluate(model, data=windows, progress=False).ppl
         row[fmt] = saved
     return row
@@ -72,18 +74,18 @@ def run_config(name: str, stages: list, protocol: dict, windows, calib, workdir:
 def _table(rows: dict, protocol: dict) -> str:
     lines = [
         f"smollm2-135m artifacts on disk (perplexity: WikiText-2 test, first {protocol['eval_windows']} windows "
-        f"of {protocol['seqlen']} tokens; auto = packed, float16 values)",
+        f"of {protocol['seqlen']} tokens; packed: codecs with float16 values)",
         "",
-        "| configuration | dense folder (MB) | auto folder (MB) | auto format | decoder Linear bits/weight (dense -> auto) "
-        "| ppl in memory | ppl after auto load |",
+        "| configuration | dense folder (MB) | packed folder (MB) | packed format | decoder Linear bits/weight (dense -> packed) "
+        "| ppl in memory | ppl after packed load |",
         "|---|---:|---:|---|---:|---:|---:|",
     ]
     for name, row in rows.items():
-        dense, auto = row["dense"], row["auto"]
+        dense, packed = row["dense"], row["packed"]
         lines.append(
-            f"| {name} | {dense['weights_bytes'] / 1e6:.1f} | {auto['weights_bytes'] / 1e6:.1f} | {auto['format']} | "
-            f"{dense['bits_per_weight']:.2f} -> {auto['bits_per_weight']:.2f} | {row['ppl_in_memory']:.3f} | "
-            f"{auto['ppl_after_load']:.3f} |"
+            f"| {name} | {dense['weights_bytes'] / 1e6:.1f} | {packed['weights_bytes'] / 1e6:.1f} | {packed['format']} | "
+            f"{dense['bits_per_weight']:.2f} -> {packed['bits_per_weight']:.2f} | {row['ppl_in_memory']:.3f} | "
+            f"{packed['ppl_after_load']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -105,7 +107,7 @@ def main() -> None:
             if args.only is None or name in args.only:
                 rows[name] = run_config(name, stages, protocol, windows, calib, Path(tmp))
     payload = {
-        "protocol": {**protocol, "storage": "format=dense: save_pretrained fp32; format=auto: packed codecs, "
+        "protocol": {**protocol, "storage": "format=dense: save_pretrained fp32; format=packed: codecs, "
                      "float16 values; sizes are bytes of the *.safetensors files"},
         "results": rows,
     }

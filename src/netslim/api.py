@@ -153,7 +153,7 @@ def compress(
 
 
 def _calibration_windows(model, tokenizer, stages, given) -> TokenWindows | None:
-    if not any(stage.needs for stage in stages):
+    if not any(stage.needs_calibration for stage in stages):
         return None
     if isinstance(given, TokenWindows):
         return given

@@ -58,7 +58,7 @@ def compress_job(
     evaluation = dict(data=protocol.eval, seqlen=protocol.seqlen, windows=protocol.eval_windows, progress=progress)
     baseline = evaluate(lm, **evaluation)
     windows = None
-    if any(stage.needs for stage in stages):
+    if any(stage.needs_calibration for stage in stages):
         windows = calibration(lm, source=protocol.calib, windows=protocol.calib_windows, seqlen=protocol.seqlen, seed=protocol.seed)
     checkpoints = _checkpoint_dir(out)
     result = compress(lm, stages, windows, progress=progress, checkpoint_dir=checkpoints)

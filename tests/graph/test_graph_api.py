@@ -93,6 +93,17 @@ def test_config_errors_are_one_line():
         prune_channels(*build("flatten"), {"target_flops": 0.3, "imporance": "l1"})
 
 
+def test_example_inputs_a_bare_tensor_is_accepted_and_a_wrong_one_is_a_config_error():
+    model, inputs = build("residual")
+    result = prune_channels(model, inputs[0], {"target_flops": 0.3})
+    assert result.after["macs"] <= 0.7 * result.before["macs"]
+    model, _ = build("residual")
+    with pytest.raises(ConfigError, match="does not run on example_inputs"):
+        prune_channels(model, (torch.randn(1, 5, 8, 8),), {"target_flops": 0.3})
+    with pytest.raises(ConfigError, match="tuple"):
+        prune_channels(model, {"x": torch.randn(1, 3, 8, 8)}, {"target_flops": 0.3})
+
+
 def test_plan_round_trip_rebuilds_the_pruned_model(tmp_path):
     model, inputs = build("concat")
     result = prune_channels(model, inputs, ChannelPruneConfig(target_flops=0.3))

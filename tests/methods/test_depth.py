@@ -72,3 +72,8 @@ def test_depth_settings_are_validated(token_windows):
         netslim.compress(tiny_model("llama"), {"method": "depth", "ratio": 0.5, "blocks": 1}, calibration=token_windows)
     with pytest.raises(ConfigError):
         netslim.compress(tiny_model("llama"), {"method": "depth", "blocks": 2}, calibration=token_windows, progress=False)
+    with pytest.raises(ConfigError, match="rounds to 0 blocks"):
+        netslim.compress(tiny_model("llama"), {"method": "depth", "ratio": 0.2}, calibration=token_windows, progress=False)
+    with pytest.raises(ConfigError, match="ignore"):
+        netslim.compress(tiny_model("llama"), {"method": "depth", "blocks": 1, "ignore": ["model.layers.0.*"]},
+                         calibration=token_windows, progress=False)

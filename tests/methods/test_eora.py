@@ -30,6 +30,7 @@ def _block_error(recipe, windows):
         {"method": "wanda", "sparsity": 0.6},
         {"method": "magnitude", "sparsity": 0.5, "pattern": "2:4"},
         {"method": "svd", "ratio": 0.5},
+        {"method": "rtn", "bits": 3, "group_size": 32},
     ],
 )
 def test_compensation_lowers_the_output_error_of_a_compressed_layer(stage, token_windows):
@@ -56,3 +57,19 @@ def test_full_rank_compensation_restores_the_dense_layer(token_windows):
 def test_eora_alone_is_a_no_op_and_needs_data():
     with pytest.raises(ConfigError, match="calibration"):
         netslim.compress(tiny_model("llama"), {"method": "eora"}, None, progress=False, tokenizer=None)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        [{"method": "eora", "rank": 4}],
+        [{"method": "width", "ratio": 0.3, "score": "wanda"}, {"method": "eora", "rank": 4}],
+    ],
+    ids=["alone", "after-model-scope"],
+)
+def test_eora_with_nothing_to_compensate_in_its_pass_is_refused(recipe, token_windows):
+    model = tiny_model("llama")
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    with pytest.raises(ConfigError, match="compensates the stages before it"):
+        netslim.compress(model, recipe, token_windows, progress=False)
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())  # refused before any change

@@ -10,6 +10,7 @@ from netslim.eval.size import model_size
 from netslim.models.adapter import ModelAdapter
 from netslim.nn.lowrank import FactorizedLinear
 from netslim.ops.lowrank import factorized_params
+from netslim.recipe import dump_recipe, load_recipe
 
 from tiny_models import tiny_model
 
@@ -92,3 +93,23 @@ def test_typos_and_bad_ratios_are_config_errors():
         netslim.parse_recipe({"method": "svd", "allocation": "greedy"})
     with pytest.raises(ConfigError, match="did you mean 'alpha'"):
         netslim.parse_recipe({"method": "asvd", "alpah": 0.5})
+
+
+def test_lowrank_and_eora_recipes_round_trip_through_yaml(tmp_path):
+    stages = netslim.parse_recipe([
+        {"method": "svd_llm", "ranks": {"model.layers.0.self_attn.q_proj": 8}, "damping": 1e-4},
+        {"method": "asvd", "ratio": 0.3, "allocation": "sensitivity", "alpha": 1.0},
+        {"method": "eora", "rank": 16},
+    ])
+    path = tmp_path / "r.yaml"
+    path.write_text(dump_recipe(stages))
+    assert load_recipe(path) == stages
+
+
+def test_hand_given_ranks_must_name_real_projections_with_valid_ranks(token_windows):
+    with pytest.raises(ConfigError, match="did you mean 'model.layers.0.self_attn.q_proj'"):
+        netslim.compress(tiny_model("llama"), {"method": "svd", "ranks": {"model.layers.0.self_attn.q_prj": 8}}, None, progress=False)
+    with pytest.raises(ConfigError, match="use 1 to 64"):
+        netslim.compress(tiny_model("llama"), {"method": "svd", "ranks": {"model.layers.0.self_attn.q_proj": 65}}, None, progress=False)
+    with pytest.raises(ConfigError, match="rank 0"):
+        netslim.compress(tiny_model("llama"), {"method": "svd", "ranks": {"model.layers.0.self_attn.q_proj": 0}}, None, progress=False)

@@ -10,6 +10,7 @@ import netslim
 from tiny_models import tiny_model
 from netslim.errors import ConfigError, UnsupportedModelError
 from netslim.export.load import read_marker
+from netslim.recipe import dump_recipe, load_recipe
 from netslim.models import surgery
 from netslim.models.adapter import ModelAdapter
 
@@ -57,6 +58,24 @@ def _block0_error(dense, model, windows):
         handle.remove()
         outs.append(captured[0])
     return float((outs[0] - outs[1]).square().mean())
+
+
+def _projection_params(model) -> int:
+    adapter = ModelAdapter.from_model(model)
+    return sum(m.weight.numel() for i in range(adapter.num_blocks) for m in adapter.block_linears(i).values())
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+@pytest.mark.parametrize("gqa,prune_attention", [("kv", True), ("query", True), ("kv", False)])
+def test_ratio_is_the_fraction_of_all_projection_parameters_removed(allocation, gqa, prune_attention, token_windows):
+    dense = _projection_params(tiny_model("llama"))
+    for ratio in (0.3, 0.5):
+        model = tiny_model("llama")
+        cfg = netslim.WidthConfig(ratio=ratio, score="wanda", allocation=allocation, gqa=gqa, prune_attention=prune_attention)
+        netslim.compress(model, cfg, calibration=token_windows, progress=False)
+        removed = 1 - _projection_params(model) / dense
+        # uniform: within a neuron per block; global: at most one extra unit (a whole KV group here)
+        assert ratio - 0.01 <= removed <= ratio + (0.01 if allocation == "uniform" else 0.17), (ratio, removed)
 
 
 def test_compensation_lowers_layer_error(token_windows):
@@ -116,10 +135,34 @@ def test_nonuniform_or_compensated_result_round_trips_through_netslim_load(tmp_p
     assert loaded.generate(IDS[:1, :4], max_new_tokens=3, do_sample=False).shape == (1, 7)
 
 
+def test_opt_uniform_result_needs_netslim_load_and_round_trips(tmp_path, token_windows):
+    model = tiny_model("opt")  # OPT's config ties head_dim to hidden_size / heads: it cannot say "fewer heads"
+    result = netslim.compress(model, netslim.WidthConfig(ratio=0.4, score="wanda"), calibration=token_windows, progress=False)
+    netslim.save(result, tmp_path / "out")
+    assert read_marker(tmp_path / "out")["format"] == "modules"
+    loaded = netslim.load(tmp_path / "out").model
+    torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits)
+
+
 def test_bad_settings_and_families_fail_clearly(token_windows):
     with pytest.raises(ConfigError):
         netslim.compress(tiny_model("llama"), {"method": "width", "ratio": 1.5}, calibration=token_windows)
     with pytest.raises(ConfigError):
         netslim.compress(tiny_model("llama"), {"method": "width", "scores": "flap"}, calibration=token_windows)
+    with pytest.raises(ConfigError, match="ignore"):
+        netslim.compress(tiny_model("llama"), {"method": "width", "ignore": ["model.layers.0.*"]}, calibration=token_windows)
+    with pytest.raises(ConfigError, match="calibration"):
+        netslim.compress(tiny_model("llama"), {"method": "width", "score": "flap"}, calibration=None, tokenizer=None, progress=False)
     with pytest.raises(UnsupportedModelError):
         netslim.compress(tiny_model("gpt2"), {"method": "width"}, calibration=token_windows, progress=False)
+
+
+def test_width_and_depth_recipes_round_trip_through_yaml(tmp_path):
+    stages = netslim.parse_recipe([
+        {"method": "width", "ratio": 0.3, "score": "taylor", "gqa": "query", "allocation": "global", "compensate": True},
+        {"method": "depth", "blocks": 2, "score": "perplexity", "score_windows": 4},
+    ])
+    path = tmp_path / "r.yaml"
+    path.write_text(dump_recipe(stages))
+    assert load_recipe(path) == stages
+    assert stages[0].compensates and not netslim.WidthConfig(score="wanda").compensates

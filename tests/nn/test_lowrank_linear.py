@@ -39,8 +39,9 @@ def test_compensated_spec_nests_its_base_and_rebuilds_it():
     [
         [{"method": "svd_llm", "ratio": 0.4, "allocation": "sensitivity"}],
         [{"method": "wanda", "sparsity": 0.5}, {"method": "eora", "rank": 4}],
+        [{"method": "rtn", "bits": 3, "group_size": 32}, {"method": "eora", "rank": 4}],
     ],
-    ids=["factorized", "compensated"],
+    ids=["factorized", "compensated", "quantized-compensated"],
 )
 def test_save_and_load_give_identical_logits(recipe, token_windows, tmp_path):
     model = tiny_model("llama")

@@ -61,6 +61,9 @@ def test_uniform_counts_hit_the_ratio():
     heads, neurons = S.uniform_counts(n_heads=3, head_cost=8, n_neurons=100, neuron_cost=1, ratio=0.3)
     assert heads == 1
     assert abs((heads * 8 + neurons) - 0.3 * (24 + 100)) <= 0.5
+    # 20 parameters no unit can free (k/v in query mode): the MLP makes up for them
+    heads, neurons = S.uniform_counts(n_heads=3, head_cost=8, n_neurons=100, neuron_cost=1, ratio=0.3, total=144)
+    assert heads == 1 and abs((heads * 8 + neurons) - 0.3 * 144) <= 0.5
 
 
 def test_global_allocation_follows_scores_costs_and_keeps_one():

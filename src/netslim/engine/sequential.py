@@ -66,8 +66,11 @@ def run_stages(
             checkpointed; others run without.
 
     Raises:
-        ConfigError: if a stage needs calibration data and none was given.
+        ConfigError: if a stage needs calibration data and none was given, or a compensation
+            stage (eora) has no earlier stage in its pass to compensate.
     """
+    passes = _passes(stages)
+    _check_compensation(passes)
     log = LayerLog()
     checkpoint = _checkpoint(adapter, stages, calibration, checkpoint_dir)
     model = adapter.model
@@ -75,7 +78,7 @@ def run_stages(
     model.eval()
     try:
         with torch.no_grad():
-            for group in _passes(stages):
+            for group in passes:
                 if get_method(group[0].method).scope is Scope.MODEL:
                     get_method(group[0].method).fn(adapter, calibration, group[0], log)
                 else:
@@ -112,6 +115,24 @@ def _passes(stages: Sequence[MethodConfig]) -> list[list[MethodConfig]]:
         else:
             passes.append([cfg])
     return passes
+
+
+def _check_compensation(passes: list[list[MethodConfig]]) -> None:
+    """Reject a stage that compensates earlier stages (``needs_original``) but opens its pass.
+
+    Such a stage sees the weights as they were at the start of its pass, so with no stage
+    before it in the pass (first in the recipe, or right after a model-scope stage such as
+    ``width``, ``depth`` or ``slicegpt``) it would only add a zero correction.
+
+    Raises:
+        ConfigError: naming the stage and what must precede it.
+    """
+    for group in passes:
+        if group[0].needs_original:
+            raise ConfigError(
+                f"method {group[0].method} compensates the stages before it in the same pass; put it after a "
+                "layer-scope stage such as gptq, rtn, wanda or svd_llm (not first, nor right after width, depth or slicegpt)"
+            )
 
 
 def _checkpoint(adapter, stages, calibration, folder) -> Checkpoint | None:

@@ -117,7 +117,7 @@ def cpu_latency_ms(model: nn.Module, example_inputs: tuple, repeats: int = 10) -
 
 def prune_channels(
     model: nn.Module,
-    example_inputs: tuple,
+    example_inputs: tuple | torch.Tensor,
     config: ChannelPruneConfig | dict,
     *,
     loss_fn: Callable[[nn.Module], torch.Tensor] | None = None,
@@ -127,22 +127,25 @@ def prune_channels(
 
     Args:
         model: Any ``torch.fx``-traceable module, or a ``transformers`` BERT-style encoder.
-        example_inputs: Positional inputs of one forward pass (used to trace and to count MACs).
+        example_inputs: Positional inputs of one forward pass (used to trace and to count MACs);
+            a single tensor is taken as the only input.
         config: A :class:`ChannelPruneConfig` or a mapping of its fields.
         loss_fn: ``loss_fn(model) -> scalar``; needed by the ``taylor`` criterion.
         latency: Also measure CPU latency before and after.
 
     Raises:
-        ConfigError: on bad settings. GraphTraceError: if the model cannot be traced.
+        ConfigError: on bad settings, or inputs the model does not run on.
+        GraphTraceError: if the model cannot be traced.
         GraphPruneError: if the pruned model no longer runs.
     """
     cfg = config if isinstance(config, ChannelPruneConfig) else _parse(config)
     if cfg.importance is Importance.TAYLOR and loss_fn is None:
         raise ConfigError("importance 'taylor' needs loss_fn=, a function model -> scalar loss")
+    example_inputs = _as_inputs(example_inputs)
     start = time.perf_counter()
     key = "params" if cfg.target_params is not None else "macs"
+    reference = _shapes(model, example_inputs, pruned=False)
     before = measure(model, example_inputs, latency)
-    reference = _shapes(model, example_inputs)
     plan, report = SlimPlan(), []
     for step in range(1, cfg.steps + 1):
         graph = build_graph(model, example_inputs, cfg.ignore)
@@ -165,14 +168,27 @@ def _parse(config: dict) -> ChannelPruneConfig:
         raise ConfigError(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}") from None
 
 
+def _as_inputs(example_inputs) -> tuple:
+    """``example_inputs`` as a tuple of positional inputs (a single tensor is wrapped)."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)):
+        raise ConfigError(f"example_inputs must be a tuple of the model's positional inputs, got {type(example_inputs).__name__}")
+    return tuple(example_inputs)
+
+
 @torch.no_grad()
-def _shapes(model: nn.Module, example_inputs: tuple) -> list:
+def _shapes(model: nn.Module, example_inputs: tuple, pruned: bool = True) -> list:
+    """Shapes of the model's output tensors; a failure is the cut's fault only after pruning."""
     was_training = model.training
     model.eval()
     try:
         out = model(*example_inputs)
-    except Exception as exc:  # noqa: BLE001  (any failure means the cut broke the model)
-        raise GraphPruneError(f"the pruned model no longer runs: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # noqa: BLE001  (any failure: the inputs do not fit, or the cut broke the model)
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not pruned:
+            raise ConfigError(f"the model does not run on example_inputs: {detail}") from None
+        raise GraphPruneError(f"the pruned model no longer runs: {detail}") from exc
     finally:
         model.train(was_training)
     leaves = tree_flatten(out)[0]

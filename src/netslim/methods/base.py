@@ -57,6 +57,11 @@ class MethodConfig(BaseModel):
     needs: ClassVar[frozenset[Stat]] = frozenset()
     needs_original: ClassVar[bool] = False
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether this stage needs calibration data (for its statistics or its :meth:`plan`)."""
+        return bool(self.needs)
+
     def ignores(self, name: str) -> bool:
         """Whether module ``name`` matches an ignore pattern."""
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore)

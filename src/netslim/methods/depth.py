@@ -56,11 +56,15 @@ class DepthConfig(MethodConfig):
     def _one_amount(self) -> DepthConfig:
         if (self.ratio is None) == (self.blocks is None):
             raise ValueError("give exactly one of ratio (fraction of blocks) or blocks (a count)")
+        if self.ignore or self.true_sequential:
+            raise ValueError("depth removes whole blocks; ignore and true_sequential do not apply")
         return self
 
     def count(self, num_blocks: int) -> int:
         """Blocks to remove from a model of ``num_blocks`` blocks."""
         n = self.blocks if self.blocks is not None else round(self.ratio * num_blocks)
+        if n == 0:
+            raise ConfigError(f"depth: ratio={self.ratio} of {num_blocks} blocks rounds to 0 blocks; raise it or give blocks")
         if n >= num_blocks:
             raise ConfigError(f"depth: cannot remove {n} of {num_blocks} blocks; keep at least one")
         return n

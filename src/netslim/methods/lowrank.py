@@ -27,6 +27,7 @@ Recipe:
 
 from __future__ import annotations
 
+import difflib
 from typing import ClassVar, Literal
 
 import torch
@@ -78,8 +79,16 @@ class LowRankConfig(MethodConfig):
         raise NotImplementedError
 
     def plan(self, adapter: ModelAdapter, calibration: TokenWindows | None) -> LowRankConfig:
-        """For ``allocation: sensitivity``, sweep the model for every spectrum and fix the ranks."""
-        if self.allocation == "uniform" or self.ranks is not None:
+        """For ``allocation: sensitivity``, sweep the model for every spectrum and fix the ranks.
+
+        Raises:
+            ConfigError: if hand-given ``ranks`` name a module that is not a block projection,
+                or a rank outside ``1 .. min(out, in)``.
+        """
+        if self.ranks is not None:
+            _check_ranks(adapter, self.ranks)
+            return self
+        if self.allocation == "uniform":
             return self
         spectra: dict[str, MatrixSpectrum] = {}
         for index, stats in self._sweep(adapter, calibration):
@@ -145,6 +154,18 @@ class SVDLLMConfig(LowRankConfig):
     def factors(self, weight, stats, rank):
         whitening = cholesky_with_fallback(stats.hessian.to(weight.device), self.damping)
         return whitened_factors(weight, rank, whitening), whitening.describe()
+
+
+def _check_ranks(adapter: ModelAdapter, ranks: dict[str, int]) -> None:
+    """Every name a block projection, every rank in ``1 .. min(out, in)``; else one-line error."""
+    shapes = {n: linear_weight(m).shape for i in range(adapter.num_blocks) for n, m in adapter.block_linears(i).items()}
+    for name, rank in ranks.items():
+        if name not in shapes:
+            close = difflib.get_close_matches(name, list(shapes), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (e.g. '{next(iter(shapes))}')"
+            raise ConfigError(f"ranks: '{name}' is not a projection of this model's blocks{hint}")
+        if not 1 <= rank <= min(shapes[name]):
+            raise ConfigError(f"ranks: '{name}' has rank {rank}; use 1 to {min(shapes[name])} (its smaller side)")
 
 
 def factorize(layer: LayerView, stats: LayerStats | None, cfg: LowRankConfig) -> dict:

@@ -84,6 +84,11 @@ class PruningConfig(MethodConfig):
         return self
 
     @property
+    def needs_calibration(self) -> bool:
+        """OWL's planning sweep needs data even for a data-free score (magnitude)."""
+        return bool(self.needs) or (self.allocation == "owl" and self.block_sparsity is None)
+
+    @property
     def nm(self) -> tuple[int, int] | None:
         """``(N, M)`` for a semi-structured pattern, else ``None``."""
         return parse_pattern(self.pattern)

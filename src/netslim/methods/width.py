@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from netslim.data.windows import TokenWindows
 from netslim.engine.capture import capture_block_inputs, run_block
@@ -73,6 +73,12 @@ class WidthConfig(MethodConfig):
 
     needs: ClassVar[frozenset[Stat]] = frozenset({Stat.ACT_NORM})
 
+    @model_validator(mode="after")
+    def _whole_model(self) -> WidthConfig:
+        if self.ignore or self.true_sequential:
+            raise ValueError("width scores and cuts every block together; ignore and true_sequential do not apply")
+        return self
+
     @property
     def compensates(self) -> bool:
         """Whether bias compensation is applied."""
@@ -89,6 +95,7 @@ class BlockScores:
         head_order: Per unit, the query heads it removes.
         neurons: Score per MLP neuron.
         head_cost / neuron_cost: Parameters one unit frees.
+        params: Weights of all the block's projections (what ``ratio`` is a fraction of).
     """
 
     head_units: torch.Tensor
@@ -96,6 +103,7 @@ class BlockScores:
     neurons: torch.Tensor
     head_cost: int
     neuron_cost: int
+    params: int
 
 
 def _channel_stats(adapter: ModelAdapter, calibration: TokenWindows) -> list[tuple[S.ChannelStats, S.ChannelStats]]:
@@ -163,17 +171,18 @@ def _block_scores(adapter, index, cfg, stats, grads) -> BlockScores:
     heads = S.group_scores(_channel_scores(adapter, index, cfg, stats and stats[0], grads, "attn"), hd)
     mlp = _channel_scores(adapter, index, cfg, stats and stats[1], grads, "mlp")
     neuron_cost = hidden * (len(adapter.spec.mlp_in) + 1)
+    params = sum(m.weight.numel() for m in adapter.block_linears(index).values())
     if not cfg.prune_attention:
-        return BlockScores(torch.zeros(0), [], mlp, 0, neuron_cost)
+        return BlockScores(torch.zeros(0), [], mlp, 0, neuron_cost, params)
     if cfg.gqa == "kv" or group == 1:
         units = heads.reshape(n_kv, group).mean(1)
         order = torch.argsort(units).tolist()
         members = [list(range(g * group, (g + 1) * group)) for g in order]
-        return BlockScores(units[order], members, mlp, 2 * (group + 1) * hd * hidden, neuron_cost)
+        return BlockScores(units[order], members, mlp, 2 * (group + 1) * hd * hidden, neuron_cost, params)
     ranked = torch.argsort(heads.reshape(n_kv, group), dim=1)  # (n_kv, group): heads, lowest first
     slices = [[g * group + int(ranked[g, k]) for g in range(n_kv)] for k in range(group)]
     units = torch.stack([heads[s].mean() for s in slices])
-    return BlockScores(units, slices, mlp, 2 * n_kv * hd * hidden, neuron_cost)
+    return BlockScores(units, slices, mlp, 2 * n_kv * hd * hidden, neuron_cost, params)  # k/v stay: not in any unit
 
 
 def _plan(scores: list[BlockScores], cfg: WidthConfig) -> list[tuple[int, int]]:
@@ -187,15 +196,14 @@ def _plan(scores: list[BlockScores], cfg: WidthConfig) -> list[tuple[int, int]]:
             order = torch.argsort(values)
             standard = S.standardize(values.float())
             candidates += [S.Candidate((index, kind), r, float(standard[i]), cost) for r, i in enumerate(order.tolist())]
-    total = sum(s.head_units.numel() * s.head_cost + s.neurons.numel() * s.neuron_cost for s in scores)
-    removed = S.global_allocation(candidates, int(cfg.ratio * total), pools)
+    removed = S.global_allocation(candidates, int(cfg.ratio * sum(s.params for s in scores)), pools)
     return [(removed[(i, "attn")], removed[(i, "mlp")]) for i in range(len(scores))]
 
 
 def _uniform(s: BlockScores, ratio: float) -> tuple[int, int]:
     if s.head_units.numel() == 0:
-        return 0, min(round(ratio * s.neurons.numel()), s.neurons.numel() - 1)
-    return S.uniform_counts(s.head_units.numel(), s.head_cost, s.neurons.numel(), s.neuron_cost, ratio)
+        return 0, min(round(ratio * s.params / s.neuron_cost), s.neurons.numel() - 1)
+    return S.uniform_counts(s.head_units.numel(), s.head_cost, s.neurons.numel(), s.neuron_cost, ratio, s.params)
 
 
 def _cut_block(adapter, index, s: BlockScores, n_units: int, n_neurons: int, stats, cfg) -> dict:

@@ -6,8 +6,9 @@ truncated to rank ``r``; and the right factor is mapped back, ``down = V_r^T S^{
 result is two factors ``up`` (out, r) and ``down`` (r, in) with ``W ~= up @ down``.
 
 - plain SVD: ``S = I``; the dropped singular values measure ``||W - W_r||_F``.
-- ASVD (Yuan et al. 2023): ``S = diag(s)`` with ``s_j`` the mean absolute activation of input
-  channel ``j`` raised to a power ``alpha``.
+- ASVD (Yuan et al. 2023): ``S = diag(s)`` with ``s_j`` the activation magnitude of input
+  channel ``j`` raised to a power ``alpha`` (the paper uses the mean absolute value; netslim
+  uses the root mean square, from the engine's ``ACT_NORM`` statistics).
 - SVD-LLM (Wang et al. 2024): ``S`` the lower Cholesky factor of ``X X^T`` (here ``X^T X``
   of the (tokens, in) activation matrix), so ``||(W - W_r) X||_F^2 = ||(W S) - (W S)_r||_F^2``
   is the sum of the squared dropped singular values: each one is exactly a loss on the data.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from netslim.ops.hessian import DAMP_RETRIES, HessianFallback, dampen, dead_inputs
+
 
 @dataclass(frozen=True)
 class Factors:
@@ -145,9 +147,14 @@ def whitened_factors(weight: torch.Tensor, rank: int, whitening: Whitening) -> F
     return _factors(weight, weight.double() @ factor, rank, unscale)
 
 
-def asvd_scale(act_abs_mean: torch.Tensor, alpha: float) -> torch.Tensor:
-    """ASVD's input-channel scale ``mean|x_j| ** alpha``, normalized to mean 1."""
-    scale = act_abs_mean.double().clamp_min(1e-8).pow(alpha)
+def asvd_scale(magnitude: torch.Tensor, alpha: float) -> torch.Tensor:
+    """ASVD's input-channel scale ``magnitude_j ** alpha``, normalized to mean 1.
+
+    Args:
+        magnitude: Per-input-channel activation magnitude, shape (in,) (mean ``|x|`` in the
+            paper; the methods pass the root mean square).
+    """
+    scale = magnitude.double().clamp_min(1e-8).pow(alpha)
     return scale / scale.mean()
 
 

@@ -147,14 +147,20 @@ def global_allocation(candidates: list[Candidate], budget: int, pool_sizes: dict
 
 
 def uniform_counts(
-    n_heads: int, head_cost: int, n_neurons: int, neuron_cost: int, ratio: float
+    n_heads: int, head_cost: int, n_neurons: int, neuron_cost: int, ratio: float, total: int | None = None
 ) -> tuple[int, int]:
     """Heads and neurons to remove from one layer to free ``ratio`` of its parameters.
 
     Heads are coarse, so the head count is rounded first and the MLP absorbs the remainder.
+
+    Args:
+        total: The parameters ``ratio`` refers to; defaults to those of the removable units.
+            Give the layer's full count when some parameters can never be removed (the
+            key/value projections when only query heads go).
     """
+    total = n_heads * head_cost + n_neurons * neuron_cost if total is None else total
     heads = min(round(ratio * n_heads), n_heads - 1)
-    target = ratio * (n_heads * head_cost + n_neurons * neuron_cost) - heads * head_cost
+    target = ratio * total - heads * head_cost
     neurons = min(max(round(target / neuron_cost), 0), n_neurons - 1)
     return heads, neurons
 
