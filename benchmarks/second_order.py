@@ -32,6 +32,7 @@ CONFIGS = {
     "dense": [],
     "sparsegpt 50%": [{"method": "sparsegpt", "sparsity": 0.5}],
     "gptq 4-bit g128": [{"method": "gptq", "bits": 4, "group_size": 128}],
+    "gptq 4-bit g128 act-order": [{"method": "gptq", "bits": 4, "group_size": 128, "act_order": True}],
     "rtn 4-bit g128": [{"method": "rtn", "bits": 4, "group_size": 128}],
     "sparsegpt 2:4": [{"method": "sparsegpt", "pattern": "2:4"}],
     "gptq 3-bit g128": [{"method": "gptq", "bits": 3, "group_size": 128}],

@@ -88,7 +88,7 @@ def save(
         format = "packed" if modules else "dense"  # noqa: A001
     state, aliases = unique_state(model)
     plan = plan_codecs(state, format, dtype, codecs)
-    packed = any(codec != "dense" for codec in plan.values())
+    packed = format == "packed"
     with atomic_folder(path, overwrite) as tmp:
         if packed:
             storage = _write_packed_model(model, state, aliases, plan, dtype, tmp)
