@@ -17,7 +17,7 @@ Storage formats (``netslim.json`` ``format``), see docs/storage.md:
 
 ``format="auto"`` (the default) keeps a model that plain ``transformers`` can build (pruned
 weights) in the ``dense`` layout, and packs a model that needs :func:`netslim.load` anyway
-(quantized or factorized layers) wherever a codec makes a tensor smaller;
+(quantized or factorized layers) when a codec makes some tensor smaller;
 ``format="packed"`` packs always (sparse weights as bitmask or N:M values: really smaller on
 disk); ``format="dense"`` never packs.
 """
@@ -84,11 +84,11 @@ def save(
         raise ConfigError(f"unknown storage format '{format}'; use one of {', '.join(FORMATS)}")
     model = result.model
     modules = module_specs(model, _reference_model(model))
-    if format == "auto":
-        format = "packed" if modules else "dense"  # noqa: A001
     state, aliases = unique_state(model)
-    plan = plan_codecs(state, format, dtype, codecs)
-    packed = format == "packed"
+    # auto: pack a model that needs netslim.load anyway, and only if a codec gains something
+    chosen = "dense" if format == "dense" or (format == "auto" and not modules) else "packed"
+    plan = plan_codecs(state, chosen, dtype, codecs)
+    packed = format == "packed" or (chosen == "packed" and any(c != "dense" for c in plan.values()))
     with atomic_folder(path, overwrite) as tmp:
         if packed:
             storage = _write_packed_model(model, state, aliases, plan, dtype, tmp)
