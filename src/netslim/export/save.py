@@ -7,7 +7,7 @@ Folder layout:
     report.json, report.md           when the result carries a report
     netslim.json                     format marker and the modules netslim.load must rebuild
 
-Storage formats (``netslim.json`` ``format``), see docs/storage.md:
+Storage formats (``netslim.json`` ``format``), see docs/second_order.md:
     dense    ``model.safetensors`` as ``save_pretrained`` writes it; plain
              ``AutoModelForCausalLM.from_pretrained`` loads it.
     modules  the same file, but compression left modules the config cannot build (quantized,
