@@ -23,6 +23,20 @@ SMALL_PROTOCOL = {
 }
 
 
+def protocol_for(quick: bool) -> dict:
+    """The small protocol, or its quick variant (8 calibration and 8 evaluation windows)."""
+    protocol = dict(SMALL_PROTOCOL)
+    if quick:
+        protocol.update(eval_windows=8, calib_windows=8)
+    return protocol
+
+
+def calib_windows(lm: netslim.LoadedModel, protocol: dict):
+    """The calibration windows of the protocol."""
+    return netslim.calibration(lm, source=protocol["calib"], windows=protocol["calib_windows"],
+                               seqlen=protocol["seqlen"], seed=protocol["seed"])
+
+
 def machine() -> dict:
     """Where the figures were measured."""
     return {

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 import netslim
-from _common import RESULTS, SMALL_PROTOCOL, eval_windows, write_results
+from _common import RESULTS, SMALL_PROTOCOL, calib_windows, eval_windows, protocol_for, write_results
 from netslim.eval.latency import compare_latency
-from netslim.eval.size import folder_weight_bytes, model_size
+from netslim.eval.size import folder_weight_bytes
 from netslim.models.adapter import ModelAdapter
 
 RATIOS = (10, 20, 30, 40)
@@ -131,16 +131,13 @@ def main() -> None:
         parser.error(f"unknown configuration {unknown[0]!r}; choose from {', '.join(configs)}")
     chosen = [n for n in configs if (not args.only or n in args.only)
               and (args.ratios is None or configs[n][0] in args.ratios)]
-    protocol = dict(SMALL_PROTOCOL)
-    if args.quick:
-        protocol.update(eval_windows=8, calib_windows=8)
+    protocol = protocol_for(args.quick)
     name = "lowrank" + ("_quick" if args.quick else "")
     previous = RESULTS / f"{name}.json"
     rows = json.loads(previous.read_text())["results"] if previous.exists() else {}
     dense = netslim.load_model(protocol["model"])
     windows = eval_windows(dense, protocol)
-    calib = netslim.calibration(dense, source=protocol["calib"], windows=protocol["calib_windows"],
-                                seqlen=protocol["seqlen"], seed=protocol["seed"])
+    calib = calib_windows(dense, protocol)
     prompt = windows.ids[:1]
     evaluation = netslim.evaluate(dense, data=windows, progress=False)
     rows["dense"] = {"recipe": [], "ppl": evaluation.ppl, "params": evaluation.size.params,

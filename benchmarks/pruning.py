@@ -15,7 +15,7 @@ import argparse
 import time
 
 import netslim
-from _common import SMALL_PROTOCOL, eval_windows, write_results
+from _common import calib_windows, eval_windows, protocol_for, write_results
 
 CONFIGS = {
     "magnitude 50%": {"method": "magnitude", "sparsity": 0.5},
@@ -30,20 +30,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 calibration and 8 evaluation windows")
     parser.add_argument("--only", nargs="*", default=None, help="configuration names to run")
     args = parser.parse_args()
-    protocol = dict(SMALL_PROTOCOL)
-    if args.quick:
-        protocol.update(eval_windows=8, calib_windows=8)
+    protocol = protocol_for(args.quick)
     lm = netslim.load_model(protocol["model"])
     windows = eval_windows(lm, protocol)
-    calib = netslim.calibration(lm, source=protocol["calib"], windows=protocol["calib_windows"],
-                                seqlen=protocol["seqlen"], seed=protocol["seed"])
+    calib = calib_windows(lm, protocol)
     rows = {"dense": {**netslim.evaluate(lm, data=windows).as_dict(), "compress_seconds": 0.0}}
     for name, stage in CONFIGS.items():
         if args.only and name not in args.only:
             continue
         fresh = netslim.load_model(protocol["model"])
         start = time.perf_counter()
-        result = netslim.compress(fresh, stage, calib)
+        netslim.compress(fresh, stage, calib)
         seconds = time.perf_counter() - start
         rows[name] = {**netslim.evaluate(fresh, data=windows).as_dict(), "compress_seconds": seconds}
     dense_ppl = rows["dense"]["ppl"]

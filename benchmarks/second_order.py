@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import netslim
-from _common import RESULTS, SMALL_PROTOCOL, eval_windows, write_results
+from _common import RESULTS, calib_windows, eval_windows, protocol_for, write_results
 
 CONFIGS = {
     "dense": [],
@@ -47,14 +47,6 @@ CONFIGS = {
 }
 
 
-def protocol_for(quick: bool) -> dict:
-    """The small protocol, or its quick variant."""
-    protocol = dict(SMALL_PROTOCOL)
-    if quick:
-        protocol.update(eval_windows=8, calib_windows=8)
-    return protocol
-
-
 def run_one(name: str, quick: bool) -> dict:
     """Compress, evaluate and save one configuration in this process; its result row."""
     from netslim.api import peak_rss_bytes  # noqa: PLC0415
@@ -65,8 +57,7 @@ def run_one(name: str, quick: bool) -> dict:
     row: dict = {"recipe": CONFIGS[name], "compress_seconds": 0.0, "size_bytes": None, "bits_per_weight": None}
     result = None
     if CONFIGS[name]:
-        calib = netslim.calibration(lm, source=protocol["calib"], windows=protocol["calib_windows"],
-                                    seqlen=protocol["seqlen"], seed=protocol["seed"])
+        calib = calib_windows(lm, protocol)
         start = time.perf_counter()
         result = netslim.compress(lm, CONFIGS[name], calib, progress=False)
         row["compress_seconds"] = time.perf_counter() - start

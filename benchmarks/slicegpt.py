@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import netslim
-from _common import RESULTS, SMALL_PROTOCOL, eval_windows, write_results
+from _common import RESULTS, calib_windows, eval_windows, protocol_for, write_results
 from netslim.eval.latency import compare_latency
 from netslim.eval.size import folder_weight_bytes
 from netslim.models.adapter import ModelAdapter
@@ -110,9 +110,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for all timings")
     parser.add_argument("--tmp", default="/tmp/netslim-slicegpt-bench", help="where sliced models are saved")
     args = parser.parse_args()
-    protocol = dict(SMALL_PROTOCOL)
-    if args.quick:
-        protocol.update(eval_windows=8, calib_windows=8)
+    protocol = protocol_for(args.quick)
     torch.set_num_threads(args.threads)
     name = "slicegpt" + ("_quick" if args.quick else "")
     path = RESULTS / f"{name}.json"
@@ -121,8 +119,7 @@ def main() -> None:
     rows = saved.get("results", {}) if same else {}
     dense_lm = netslim.load_model(protocol["model"])
     windows = eval_windows(dense_lm, protocol)
-    calib = netslim.calibration(dense_lm, source=protocol["calib"], windows=protocol["calib_windows"],
-                                seqlen=protocol["seqlen"], seed=protocol["seed"])
+    calib = calib_windows(dense_lm, protocol)
     dense = saved.get("dense") if same else None
     if dense is None:
         dense = {**netslim.evaluate(dense_lm, data=windows, progress=False).as_dict(), "decoder_params": decoder_params(dense_lm.model)}

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import netslim
-from _common import SMALL_PROTOCOL, eval_windows, write_results
+from _common import SMALL_PROTOCOL, calib_windows, eval_windows, write_results
 from netslim.api import CompressionResult
 from netslim.eval.size import folder_weight_bytes
 from netslim.export.load import read_marker
@@ -98,8 +98,7 @@ def main() -> None:
     protocol = {**SMALL_PROTOCOL, "eval_windows": args.eval_windows}
     lm = netslim.load_model(protocol["model"])
     windows = eval_windows(lm, protocol)
-    calib = netslim.calibration(lm, source=protocol["calib"], windows=protocol["calib_windows"],
-                                seqlen=protocol["seqlen"], seed=protocol["seed"])
+    calib = calib_windows(lm, protocol)
     del lm
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -170,7 +170,7 @@ def decode(parts: dict[str, torch.Tensor], record: dict) -> torch.Tensor:
         out[mask] = parts["values"].to(dtype)
         return out.reshape(shape)
     if codec == "nm":
-        n, m = record["n"], record["m"]
+        m = record["m"]
         values = parts["values"].to(dtype)  # (out, in/m, n)
         kept = unpack_bits(parts["indices"], record["index_bits"], values.numel()).view(values.shape)
         out = torch.zeros(shape[0], shape[1] // m, m, dtype=dtype)
