@@ -96,3 +96,15 @@ def test_data_method_without_calibration_is_an_error(llama_model):
 def test_data_free_method_needs_no_calibration(llama_model):
     result = netslim.compress(llama_model, {"method": "magnitude", "sparsity": 0.5}, progress=False)
     assert result.calibration is None
+
+
+def test_finished_blocks_hold_only_codes_during_compression(llama_model, token_windows):
+    from netslim.nn.quantized import QuantizedLinear
+
+    ids = token_windows.ids[:1]
+    result = netslim.compress(llama_model, {"method": "gptq", "bits": 4, "group_size": 32}, token_windows, progress=False)
+    quantized = [m for m in result.model.modules() if isinstance(m, QuantizedLinear)]
+    assert quantized and all(not m._cache for m in quantized)  # every block released its float weights
+    logits = result.model(ids).logits
+    assert all(m._cache for m in quantized)  # rebuilt on demand
+    torch.testing.assert_close(result.model(ids).logits, logits)

@@ -108,3 +108,13 @@ def test_falls_back_silently_where_no_kernel_applies(make):
         out = layer(x)
     reference = x.float() @ layer.dequantize().T + layer.bias
     assert (out.float() - reference).abs().max() < 0.03 * reference.abs().max()
+
+
+def test_release_cache_frees_the_float_weight_and_forward_rebuilds_it():
+    layer = _layer()
+    x = torch.randn(2, 256, generator=GEN)
+    before = layer(x)
+    assert layer._cache
+    layer.release_cache()
+    assert not layer._cache
+    assert torch.equal(layer(x), before)

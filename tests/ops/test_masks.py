@@ -52,3 +52,16 @@ def test_bad_patterns_are_rejected(bad):
 def test_patterns_parse():
     assert parse_pattern("unstructured") is None
     assert parse_pattern("2:4") == (2, 4)
+
+
+@pytest.mark.parametrize("mask_fn", [row_mask, layer_mask])
+def test_masks_equal_a_stable_sort_with_ties_pruned_by_lower_index(mask_fn):
+    scores = torch.randint(0, 5, (12, 64)).float()  # many ties
+    sparsity = 0.5
+    if mask_fn is row_mask:
+        order = torch.sort(scores, dim=1, stable=True).indices[:, : int(64 * sparsity)]
+        expected = torch.ones_like(scores, dtype=torch.bool).scatter(1, order, False)
+    else:
+        order = torch.sort(scores.flatten(), stable=True).indices[: int(scores.numel() * sparsity)]
+        expected = torch.ones(scores.numel(), dtype=torch.bool).scatter(0, order, False).view_as(scores)
+    assert torch.equal(mask_fn(scores, sparsity), expected)

@@ -172,8 +172,18 @@ def _sequential_pass(
             _apply_stage(adapter, index, cfg, hidden, call, log, originals if cfg.needs_original else {})
         if needs_data and index + 1 < adapter.num_blocks:
             hidden = run_block(adapter.blocks[index], hidden, call)
+        _release_caches(adapter.blocks[index])
         if checkpoint is not None:
             checkpoint.save_block(adapter, index, hidden, log.as_list())
+
+
+def _release_caches(block: nn.Module) -> None:
+    """Let compressed modules of a finished block drop what they rebuild on demand (the float
+    weight a quantized Linear caches), so a pass holds at most one block's working copies."""
+    for module in block.modules():
+        release = getattr(module, "release_cache", None)
+        if callable(release):
+            release()
 
 
 def _snapshot(adapter: ModelAdapter, index: int) -> dict[str, torch.Tensor]:

@@ -98,11 +98,20 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self._cached("kernel", self._kernel) if self._kernel_applies(x) else None
-        if kernel is not None:
-            out = kernel(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
-        else:
-            out = x @ self._cached(f"dense:{x.dtype}", lambda: self.dequantize(x.dtype)).T
-        return out if self.bias is None else out + self.bias.to(out.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if kernel is None:
+            return nn.functional.linear(x, self._cached(f"dense:{x.dtype}", lambda: self.dequantize(x.dtype)), bias)
+        out = kernel(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+        return out if bias is None else out + bias
+
+    def release_cache(self) -> None:
+        """Free the dequantized weight and kernel operands; the next forward rebuilds them.
+
+        The compression engine calls this on every block it has finished, so that during
+        compression a quantized layer holds only its codes (one byte per weight) instead of
+        codes plus a float copy.
+        """
+        self._cache.clear()
 
     def _kernel_applies(self, x: torch.Tensor) -> bool:
         return (self.use_kernels and x.dtype == torch.bfloat16 and x.device.type == "cpu"

@@ -1,8 +1,8 @@
 """Pruning masks from a score matrix. ``True`` means keep.
 
 All functions take ``scores`` of shape (out_features, in_features), larger = more important,
-and return a boolean keep-mask of the same shape. Ties are broken by position (stable sort),
-so results are deterministic.
+and return a boolean keep-mask of the same shape. Ties are broken by position (the lower index
+is pruned first), so results are deterministic.
 """
 
 from __future__ import annotations
@@ -13,12 +13,18 @@ from netslim.errors import ConfigError
 
 
 def _prune_lowest(scores: torch.Tensor, count: int, dim: int) -> torch.Tensor:
-    keep = torch.ones_like(scores, dtype=torch.bool)
+    """Keep-mask pruning the ``count`` lowest scores along ``dim``, ties to the lower index.
+
+    A selection (``kthvalue``) instead of a full sort: several times faster on the large flat
+    score vectors of layer-wise masks, and the same result as a stable ascending sort.
+    """
     if count <= 0:
-        return keep
-    order = torch.sort(scores, dim=dim, stable=True).indices
-    lowest = order.narrow(dim, 0, count)
-    return keep.scatter(dim, lowest, False)
+        return torch.ones_like(scores, dtype=torch.bool)
+    kth = scores.kthvalue(count, dim=dim, keepdim=True).values
+    below = scores < kth
+    tied = scores == kth
+    room = count - below.sum(dim, keepdim=True)  # how many of the tied scores are pruned too
+    return ~(below | (tied & (tied.cumsum(dim) <= room)))
 
 
 def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -71,13 +71,12 @@ def obs_sweep(weight: torch.Tensor, upper: torch.Tensor, rule: ColumnRule, block
         hinv_diag = torch.diagonal(hinv)
         errors = torch.zeros_like(block)
         for local in range(end - start):
-            w = block[:, local].clone()
             q = rule(start + local, local, block, hinv_diag)
-            err = (w - q) / hinv_diag[local]
-            loss += err.square().sum().double() / 2
+            err = (block[:, local] - q) / hinv_diag[local]
             block[:, local:].sub_(err.unsqueeze(1) * hinv[local, local:].unsqueeze(0))
             block[:, local] = q
             errors[:, local] = err
+        loss += errors.double().square().sum() / 2
         weight[:, start:end] = block
         weight[:, end:].sub_(errors @ upper[start:end, end:])
     return float(loss)
@@ -104,7 +103,8 @@ class QuantRule:
         self.bits, self.group_size, self.sym, self.keep = bits, group_size, sym, keep
         self.g_idx = group_index(weight.shape[1], group_size)
         self.static = perm is not None or group_size == -1
-        self.order = perm if perm is not None else torch.arange(weight.shape[1])
+        order = perm if perm is not None else torch.arange(weight.shape[1])
+        self.groups: list[int] = self.g_idx[order].tolist()  # group of each sweep position
         if self.static:
             self.scales, self.zeros = group_params(weight.float(), bits, group_size, sym)
         else:
@@ -117,7 +117,7 @@ class QuantRule:
 
     def quantize(self, col: int, local: int, block: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Grid values of ``values``, the column at sweep position ``col``."""
-        group = int(self.g_idx[self.order[col]])
+        group = self.groups[col]
         if not self.static and col % self.group_size == 0:
             scale, zero = grid_params(block[:, local : local + self.group_size], self.bits, self.sym)
             self.scales[:, group], self.zeros[:, group] = scale, zero
