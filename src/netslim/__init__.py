@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from netslim.api import CompressionResult, Evaluation, calibration, compress, evaluate  # noqa: E402
 from netslim.errors import NetslimError  # noqa: E402
+from netslim.eval.similarity import evaluate_similarity  # noqa: E402
 from netslim.export import load, save  # noqa: E402
 from netslim.graph.api import ChannelPruneConfig, ChannelPruneResult, prune_channels  # noqa: E402
 from netslim.methods import DepthConfig, MagnitudeConfig, WandaConfig, WidthConfig, method_names  # noqa: E402
@@ -19,6 +20,7 @@ from netslim.methods import ASVDConfig, EoRAConfig, SVDConfig, SVDLLMConfig  # n
 from netslim.methods import SliceGPTConfig  # noqa: E402
 from netslim.methods import GPTQConfig, RTNConfig, SparseGPTConfig  # noqa: E402
 from netslim.models.loading import LoadedModel, load_model  # noqa: E402
+from netslim.models.zoo import PretrainedModel, load_pretrained  # noqa: E402
 from netslim.recipe import load_recipe, parse_recipe  # noqa: E402
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "LoadedModel",
     "MagnitudeConfig",
     "NetslimError",
+    "PretrainedModel",
     "SliceGPTConfig",
     "GPTQConfig",
     "RTNConfig",
@@ -43,8 +46,10 @@ __all__ = [
     "calibration",
     "compress",
     "evaluate",
+    "evaluate_similarity",
     "load",
     "load_model",
+    "load_pretrained",
     "load_recipe",
     "method_names",
     "parse_recipe",

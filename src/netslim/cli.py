@@ -81,8 +81,6 @@ def compress(
         stage = {"method": method}
         stage.update({k: v for k, v in (("sparsity", sparsity), ("pattern", pattern)) if v is not None})
         stages = [stage]
-    if storage not in ("auto", "dense", "packed"):
-        _fail(f"--format '{storage}': use auto, dense or packed")
     protocol = Protocol(seqlen, calib, calib_windows, eval_file, eval_windows or None, seed)
     result = _run(compress_job, model, stages, out, protocol, overwrite, storage_format=storage)
     _print_summary(result.report)

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from netslim.api import CompressionResult, calibration, compress, evaluate
-from netslim.errors import OutputExistsError
+from netslim.errors import ConfigError, OutputExistsError
 from netslim.export.atomic import check_output
-from netslim.export.save import save
+from netslim.export.save import FORMATS, save
 from netslim.models.loading import cache_dir, load_model
 from netslim.recipe import RecipeLike, parse_recipe, recipe_data
 
@@ -51,6 +51,8 @@ def compress_job(
     ``"dense"`` or ``"packed"``).
     """
     stages = parse_recipe(recipe)
+    if storage_format not in FORMATS:
+        raise ConfigError(f"storage format '{storage_format}': use one of {', '.join(FORMATS)}")
     if out is not None:
         check_output(out, overwrite)  # fail before minutes of work, not after
         _refuse_input_as_output(source, out)

@@ -30,5 +30,5 @@ def test_compress_rejects_unknown_format_before_work(tmp_path):
     result = runner.invoke(app, ["compress", "smollm2-135m", "--method", "magnitude", "--out",
                                  str(tmp_path / "x"), "--format", "zip"])
     assert result.exit_code == 2
-    assert "--format 'zip'" in result.output
+    assert "storage format 'zip': use one of auto, dense, packed" in result.output
     assert not (tmp_path / "x").exists()

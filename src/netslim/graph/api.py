@@ -41,6 +41,9 @@ class ChannelPruneConfig(BaseModel):
         importance: ``l1``, ``l2``, ``bn_scale``, ``taylor`` or ``random``.
         target_params: Fraction of parameters to remove, in (0, 1).
         target_flops: Fraction of MACs (FLOPs) to remove, in (0, 1). Give exactly one target.
+        params_of: What ``target_params`` is a fraction of: ``model`` (every parameter) or
+            ``prunable`` (the parameters held by modules the graph can cut, e.g. the encoder
+            layers of a BERT model but not its embeddings; see :func:`prunable_params`).
         allocation: ``uniform`` removes the same fraction of every group; ``global`` ranks
             units of all groups together (scores normalized by their group's mean).
         round_to: Keep a multiple of this many units per group (hardware-friendly widths).
@@ -55,6 +58,7 @@ class ChannelPruneConfig(BaseModel):
     importance: Importance = Importance.L1
     target_params: float | None = Field(None, gt=0, lt=1)
     target_flops: float | None = Field(None, gt=0, lt=1)
+    params_of: Literal["model", "prunable"] = "model"
     allocation: Literal["uniform", "global"] = "uniform"
     round_to: int = Field(1, ge=1)
     max_group_ratio: float = Field(0.9, gt=0, lt=1)
@@ -66,6 +70,8 @@ class ChannelPruneConfig(BaseModel):
     def _one_target(self) -> ChannelPruneConfig:
         if (self.target_params is None) == (self.target_flops is None):
             raise ValueError("give exactly one of target_params or target_flops (a fraction to remove)")
+        if self.params_of == "prunable" and self.target_params is None:
+            raise ValueError("params_of='prunable' applies to target_params only; drop it or use target_params")
         return self
 
     @property
@@ -81,7 +87,8 @@ class ChannelPruneResult:
     Attributes:
         model: The pruned model (the input model, cut in place).
         plan: The cuts made, replayable on a fresh model (:meth:`SlimPlan.apply`).
-        before, after: ``params`` and ``macs`` (and ``latency_ms`` when measured).
+        before, after: ``params`` and ``macs`` (and ``latency_ms`` when measured); with
+            ``params_of="prunable"``, ``before`` also has ``prunable_params``.
         groups: Per group: name, units before and after.
         seconds: Wall time of the pruning.
     """
@@ -115,6 +122,18 @@ def cpu_latency_ms(model: nn.Module, example_inputs: tuple, repeats: int = 10) -
     return sorted(times)[len(times) // 2]
 
 
+def prunable_params(graph: DependencyGraph) -> int:
+    """Parameters of the modules that have a prunable channel: the denominator of ``params_of="prunable"``.
+
+    Every parameter held directly by such a module counts (a classifier reading pruned features
+    counts whole); a tensor shared by several modules counts once; modules matched by
+    ``ignore`` do not count.
+    """
+    names = {name for group in graph.groups() for name, _ in group.members}
+    tensors = {id(p): p for name in names for p in graph.model.get_submodule(name).parameters(recurse=False)}
+    return sum(p.numel() for p in tensors.values())
+
+
 def prune_channels(
     model: nn.Module,
     example_inputs: tuple | torch.Tensor,
@@ -146,11 +165,13 @@ def prune_channels(
     key = "params" if cfg.target_params is not None else "macs"
     reference = _shapes(model, example_inputs, pruned=False)
     before = measure(model, example_inputs, latency)
-    plan, report = SlimPlan(), []
+    plan, report, total = SlimPlan(), [], before[key]
     for step in range(1, cfg.steps + 1):
         graph = build_graph(model, example_inputs, cfg.ignore)
-        goal = before[key] * (1 - cfg.target * step / cfg.steps)
-        units, report = _solve(graph, cfg, example_inputs, key, goal, loss_fn)
+        if step == 1 and cfg.params_of == "prunable":
+            total = before["prunable_params"] = prunable_params(graph)
+        goal = before[key] - total * cfg.target * step / cfg.steps
+        units, report = _solve(graph, cfg, example_inputs, key, goal, loss_fn, total)
         plan.cuts.extend(graph.prune(units))
     if _shapes(model, example_inputs) != reference:
         raise GraphPruneError("the pruned model's output shapes changed; report this model to netslim")
@@ -207,8 +228,8 @@ def _meta_copy(graph: DependencyGraph, example_inputs: tuple) -> tuple[Dependenc
     return meta, inputs
 
 
-def _solve(graph: DependencyGraph, cfg, example_inputs, key: str, goal: float, loss_fn):
-    """Bisect the pruning ratio until the measured ``key`` is at most ``goal``."""
+def _solve(graph: DependencyGraph, cfg, example_inputs, key: str, goal: float, loss_fn, total: float):
+    """Bisect the pruning ratio until the measured ``key`` is at most ``goal`` (``total``: the target's denominator)."""
     if cfg.importance is Importance.TAYLOR:
         graph.model.zero_grad()
         loss_fn(graph.model).backward()
@@ -224,9 +245,10 @@ def _solve(graph: DependencyGraph, cfg, example_inputs, key: str, goal: float, l
 
     low, high = 0.0, 1.0
     if trial(high) > goal:
+        what = "prunable params" if cfg.params_of == "prunable" else key
         raise ConfigError(
-            f"the target cannot be reached: at most {1 - trial(high) / measure(graph.model, example_inputs)[key]:.1%} "
-            f"of {key} is removable under max_group_ratio={cfg.max_group_ratio}, round_to={cfg.round_to}"
+            f"the target cannot be reached: at most {(measure(graph.model, example_inputs)[key] - trial(high)) / total:.1%} "
+            f"of {what} is removable under max_group_ratio={cfg.max_group_ratio}, round_to={cfg.round_to}"
         )
     for _ in range(14):
         mid = (low + high) / 2
