@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from netslim.api import CompressionResult, calibration, compress, evaluate
+from netslim.data import resolve_text
 from netslim.errors import ConfigError, OutputExistsError
 from netslim.export.atomic import check_output
 from netslim.export.save import FORMATS, save
@@ -56,11 +57,14 @@ def compress_job(
     if out is not None:
         check_output(out, overwrite)  # fail before minutes of work, not after
         _refuse_input_as_output(source, out)
+    needs_calibration = any(stage.needs_calibration for stage in stages)
+    if needs_calibration:
+        resolve_text(protocol.calib)  # a missing calibration file fails here, before any work
     lm = load_model(source)
     evaluation = dict(data=protocol.eval, seqlen=protocol.seqlen, windows=protocol.eval_windows, progress=progress)
     baseline = evaluate(lm, **evaluation)
     windows = None
-    if any(stage.needs_calibration for stage in stages):
+    if needs_calibration:
         windows = calibration(lm, source=protocol.calib, windows=protocol.calib_windows, seqlen=protocol.seqlen, seed=protocol.seed)
     checkpoints = _checkpoint_dir(out)
     result = compress(lm, stages, windows, progress=progress, checkpoint_dir=checkpoints)
