@@ -6,7 +6,7 @@ all-MiniLM-L6-v2 (22.7M params) with 30% and 50% of its prunable encoder paramet
 several importance criteria and both allocations; the protocol is written into the JSON.
 
     nice -n 10 python benchmarks/channels_real.py            # about 13 min on one busy core
-    nice -n 10 python benchmarks/channels_real.py --quick    # l2 only, fewer images and runs
+    nice -n 10 python benchmarks/channels_real.py --quick    # l2 only, fewer latency runs
 """
 
 from __future__ import annotations
@@ -14,159 +14,57 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from _common import write_results
 
 import netslim
 from netslim.eval.flops import count_macs, count_params
-from netslim.eval.similarity import evaluate_similarity, gensim_test_data, mean_pool
-from netslim.eval.vision import agreement, mean_kl, photo_crops
+from netslim.eval.latency import interleaved_ms
 from netslim.graph.api import prunable_params
 from netslim.graph.dependency import build_graph
-from netslim.models.zoo import lite_normalize
+from netslim.models.tasks import load_task
 
 TARGETS = (0.3, 0.5)
 ALLOCATIONS = ("uniform", "global")
-VISION = {"criteria": ("l2", "bn_scale", "taylor"), "images": 64, "calib_images": 32, "round_to": 8,
-          "latency_runs": 30}
-TEXT = {"criteria": ("l2", "taylor"), "calib_pairs": 64, "latency_batch": 32, "latency_tokens": 128,
-        "latency_runs": 10}
+CRITERIA = {"efficientnet-lite0": ("l2", "bn_scale", "taylor"), "all-minilm-l6-v2": ("l2", "taylor")}
+LATENCY_RUNS = {"efficientnet-lite0": 30, "all-minilm-l6-v2": 10}
 
 
-def interleaved_ms(models: dict, run, repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median milliseconds of ``run(model)`` per model, runs alternating between the models."""
-    times = {name: [] for name in models}
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                run(model)
-                if i >= warmup:
-                    times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-# --- EfficientNet-Lite0 ---------------------------------------------------------------------
-
-def vision_case(dense, images, loss_fn, criterion: str, allocation: str, target: float, runs: int) -> dict:
-    """Prune a copy of ``dense``; MACs, params, agreement on ``images`` and batch-1 latency."""
+def case(task, dense, criterion: str, allocation: str, target: float, runs: int) -> dict:
+    """Prune a copy of the task's dense model; its scores, size and latency next to the dense model."""
     model = copy.deepcopy(dense)
-    cfg = netslim.ChannelPruneConfig(target_flops=target, importance=criterion, allocation=allocation,
-                                     round_to=VISION["round_to"])
+    vision = task.name == "efficientnet-lite0"
+    stage = {"method": "channels", "importance": criterion, "allocation": allocation,
+             ("target_flops" if vision else "target_params"): target}
+    cfg = netslim.methods.build_config(stage).for_task(task)
     start = time.perf_counter()
-    result = netslim.prune_channels(model, (images[:1],), cfg, loss_fn=loss_fn)
+    result = netslim.prune_channels(model, task.example_inputs, cfg, loss_fn=task.loss_fn)
     seconds = time.perf_counter() - start
     model.eval()
-    with torch.inference_mode():
-        reference, logits = dense(images), model(images)
-    ms = interleaved_ms({"dense": dense, "pruned": model}, lambda m: m(images[:1]), runs)
-    scores = {f"{k}_agreement": v for k, v in agreement(reference, logits).items()}
-    return {
-        "model": "efficientnet-lite0", "target": f"{target:.0%} of MACs", "importance": criterion,
-        "allocation": allocation, "macs": result.after["macs"],
-        "macs_removed": 1 - result.after["macs"] / result.before["macs"], "params": result.after["params"],
-        **scores, "kl": mean_kl(reference, logits),
-        "latency_ms_dense": ms["dense"], "latency_ms": ms["pruned"], "speedup": ms["dense"] / ms["pruned"],
-        "prune_seconds": seconds,
-    }
+    ms = interleaved_ms({"dense": dense, "pruned": model}, task.forward, runs)
+    row = {"model": task.name, "target": f"{target:.0%} of " + ("MACs" if vision else "encoder params"),
+           "importance": criterion, "allocation": allocation, "macs": result.after["macs"],
+           "macs_removed": 1 - result.after["macs"] / result.before["macs"], "params": result.after["params"]}
+    if not vision:
+        row["encoder_params_removed"] = (result.before["params"] - result.after["params"]) / result.before["prunable_params"]
+    return {**row, **task.score(model), "latency_ms_dense": ms["dense"], "latency_ms": ms["pruned"],
+            "speedup": ms["dense"] / ms["pruned"], "prune_seconds": seconds}
 
 
-def vision_rows(quick: bool) -> tuple[dict, list[dict]]:
-    """The dense EfficientNet-Lite0 figures and one row per pruning setting."""
-    dense = netslim.load_pretrained("efficientnet-lite0").model
-    images = lite_normalize(photo_crops(VISION["images"] // (4 if quick else 1), seed=0))
-    calib = lite_normalize(photo_crops(VISION["calib_images"], seed=1))
-    with torch.no_grad():  # not inference_mode: the labels enter the Taylor backward pass
-        confidence = dense(images).softmax(-1).max(-1).values.mean()
-        labels = dense(calib).argmax(-1)  # the dense model's own predictions are the Taylor labels
-    base = {"params": count_params(dense), "macs": count_macs(dense, (images[:1],)),
-            "mean_top1_probability": float(confidence)}
-
-    def loss_fn(model):
-        return F.cross_entropy(model(calib), labels)
-
-    criteria = ("l2",) if quick else VISION["criteria"]
-    runs = 5 if quick else VISION["latency_runs"]
+def rows(name: str, quick: bool) -> tuple[dict, list[dict]]:
+    """The dense model's figures and one row per pruning setting (netslim.models.tasks defines the evaluation)."""
+    task = load_task(name)
+    dense = task.model
+    base = {"params": count_params(dense), "macs": count_macs(dense, task.example_inputs), **task.score(dense)}
+    if task.params_of == "prunable":
+        base["prunable_params"] = prunable_params(build_graph(dense, ()))
+    criteria = CRITERIA[name][:1] if quick else CRITERIA[name]
+    runs = 3 if quick else LATENCY_RUNS[name]
     grid = itertools.product(TARGETS, criteria, ALLOCATIONS)
-    rows = [vision_case(dense, images, loss_fn, c, a, t, runs) for t, c, a in grid]
-    return base, rows
-
-
-# --- all-MiniLM-L6-v2 -----------------------------------------------------------------------
-
-def sentence_pairs(count: int) -> tuple[list[str], list[str]]:
-    """First and second sentence of the first ``count`` documents of Lee's background corpus.
-
-    ``lee_background.cor`` (300 news articles) does not overlap the 50 Lee50 test documents.
-    """
-    text = (gensim_test_data() / "lee_background.cor").read_text(encoding="latin-1")
-    firsts, seconds = [], []
-    for doc in text.splitlines():
-        parts = [s.strip() for s in doc.split(". ") if len(s.split()) > 3]
-        if len(parts) >= 2:
-            firsts.append(parts[0])
-            seconds.append(parts[1])
-    return firsts[:count], seconds[:count]
-
-
-def contrastive_loss(tokenizer, firsts: list[str], seconds: list[str]):
-    """``loss_fn`` for ``taylor``: in-batch-negatives InfoNCE (scale 20) of sentence pairs of one document.
-
-    The objective all-MiniLM-L6-v2 was trained with; its gradients score heads and neurons.
-    """
-    a = tokenizer(firsts, padding=True, truncation=True, max_length=128, return_tensors="pt")
-    b = tokenizer(seconds, padding=True, truncation=True, max_length=128, return_tensors="pt")
-
-    def loss_fn(model):
-        ea = F.normalize(mean_pool(model(**a).last_hidden_state, a["attention_mask"]), dim=-1)
-        eb = F.normalize(mean_pool(model(**b).last_hidden_state, b["attention_mask"]), dim=-1)
-        return F.cross_entropy(20.0 * ea @ eb.T, torch.arange(len(firsts)))
-
-    return loss_fn
-
-
-def text_case(zoo, batch, loss_fn, criterion: str, allocation: str, target: float, runs: int) -> dict:
-    """Prune a copy of MiniLM; similarity scores, params and batch latency."""
-    model = copy.deepcopy(zoo.model)
-    cfg = netslim.ChannelPruneConfig(target_params=target, params_of="prunable", importance=criterion,
-                                     allocation=allocation)
-    inputs = (batch["input_ids"], batch["attention_mask"])
-    start = time.perf_counter()
-    result = netslim.prune_channels(model, inputs, cfg, loss_fn=loss_fn)
-    seconds = time.perf_counter() - start
-    model.eval()
-    ms = interleaved_ms({"dense": zoo.model, "pruned": model}, lambda m: m(**batch), runs)
-    removed = result.before["params"] - result.after["params"]
-    return {
-        "model": "all-minilm-l6-v2", "target": f"{target:.0%} of encoder params", "importance": criterion,
-        "allocation": allocation, "params": result.after["params"],
-        "encoder_params_removed": removed / result.before["prunable_params"],
-        "macs": result.after["macs"], **evaluate_similarity(model, tokenizer=zoo.tokenizer),
-        "latency_ms_dense": ms["dense"], "latency_ms": ms["pruned"], "speedup": ms["dense"] / ms["pruned"],
-        "prune_seconds": seconds,
-    }
-
-
-def text_rows(quick: bool) -> tuple[dict, list[dict]]:
-    """The dense MiniLM figures and one row per pruning setting."""
-    zoo = netslim.load_pretrained("all-minilm-l6-v2")
-    firsts, seconds = sentence_pairs(TEXT["calib_pairs"])
-    latency_texts = sentence_pairs(300)[0][-TEXT["latency_batch"]:]  # not the calibration sentences
-    batch = dict(zoo.tokenizer(latency_texts, padding="max_length", truncation=True,
-                               max_length=TEXT["latency_tokens"], return_tensors="pt"))
-    base = {"params": count_params(zoo.model), "prunable_params": prunable_params(build_graph(zoo.model, ())),
-            **evaluate_similarity(zoo.model, zoo.tokenizer)}
-    loss_fn = contrastive_loss(zoo.tokenizer, firsts, seconds)
-    criteria = ("l2",) if quick else TEXT["criteria"]
-    runs = 3 if quick else TEXT["latency_runs"]
-    grid = itertools.product(TARGETS, criteria, ALLOCATIONS)
-    rows = [text_case(zoo, batch, loss_fn, c, a, t, runs) for t, c, a in grid]
-    return base, rows
+    return base, [case(task, dense, c, a, t, runs) for t, c, a in grid]
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -229,11 +127,11 @@ def table(vision: tuple[dict, list[dict]], text: tuple[dict, list[dict]]) -> str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="l2 only, 16 images, fewer latency runs")
+    parser.add_argument("--quick", action="store_true", help="l2 only, fewer latency runs")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    vision, text = vision_rows(args.quick), text_rows(args.quick)
+    vision, text = rows("efficientnet-lite0", args.quick), rows("all-minilm-l6-v2", args.quick)
     payload = {
         "protocol": PROTOCOL,
         "efficientnet-lite0": {"dense": vision[0], "results": vision[1],

@@ -47,14 +47,20 @@ def _run(fn, *args, **kwargs):
     epilog="Examples:\n\n"
     "  netslim compress smollm2-135m --method wanda --sparsity 0.5 --out wanda50/\n\n"
     "  netslim compress smollm2-135m --method magnitude --pattern 2:4 --out mag24/\n\n"
-    "  netslim compress ./my-llama --recipe recipe.yaml --calib notes.txt --out slim/"
+    "  netslim compress ./my-llama --recipe recipe.yaml --calib notes.txt --out slim/\n\n"
+    "  netslim compress smollm2-135m --method gptq --set bits=4 --set group_size=128 --out q4/\n\n"
+    "  netslim compress efficientnet-lite0 --method channels --set target_flops=0.3 --set importance=taylor --out lite/\n\n"
+    "  netslim compress all-minilm-l6-v2 --method channels --set target_params=0.3 --out minilm/"
 )
 def compress(
-    model: Annotated[str, typer.Argument(help="Local folder, .gguf file, alias (smollm2-135m) or hub id.")],
+    model: Annotated[str, typer.Argument(help="Local folder, .gguf file, alias (smollm2-135m), hub id, or a "
+                                         "vision/encoder model: efficientnet-lite0, all-minilm-l6-v2.")],
     out: Annotated[Path, typer.Option(help="Output folder (must not exist unless --overwrite).")],
     method: Annotated[Optional[str], typer.Option(help="Method name, e.g. wanda or magnitude.")] = None,
     sparsity: Annotated[Optional[float], typer.Option(help="Fraction of weights to remove, in (0, 1).")] = None,
     pattern: Annotated[Optional[str], typer.Option(help="'unstructured' or N:M such as 2:4.")] = None,
+    settings: Annotated[Optional[list[str]], typer.Option("--set", help="Another setting of --method as KEY=VALUE "
+                                                          "(repeatable), e.g. --set bits=4.")] = None,
     recipe: Annotated[Optional[Path], typer.Option(help="YAML/JSON recipe file instead of --method.")] = None,
     calib: Annotated[str, typer.Option(help="Calibration text: a .txt file or wikitext2[:valid].")] = "wikitext2:valid",
     eval_file: EvalFile = "wikitext2:test",
@@ -67,20 +73,33 @@ def compress(
                                          "quantized weights (netslim.load only); 'dense' is plain "
                                          "transformers; 'auto' packs only what needs netslim.load anyway.")] = "auto",
 ) -> None:
-    """Compress MODEL, evaluate it before and after, and write it with report.json/report.md."""
+    """Compress MODEL, evaluate it before and after, and write it with report.json/report.md.
+
+    Language models are scored by perplexity; efficientnet-lite0 by agreement with the dense
+    model on fixed photos and all-minilm-l6-v2 by similarity benchmarks, with MACs and CPU
+    latency before and after.
+    """
     from netslim.job import Protocol, compress_job  # noqa: PLC0415  (keeps --help fast)
+    from netslim.models.tasks import is_task_model  # noqa: PLC0415
     from netslim.recipe import load_recipe  # noqa: PLC0415
 
-    if recipe is not None and (method or sparsity is not None or pattern):
-        _fail("give either --recipe or --method/--sparsity/--pattern, not both")
+    if recipe is not None and (method or sparsity is not None or pattern or settings):
+        _fail("give either --recipe or --method/--sparsity/--pattern/--set, not both")
     if recipe is None and method is None:
         _fail("give --method (e.g. --method wanda) or --recipe FILE")
     if recipe is not None:
         stages = _run(load_recipe, recipe)
     else:
-        stage = {"method": method}
+        stage = {"method": method, **_parse_settings(settings or [])}
         stage.update({k: v for k, v in (("sparsity", sparsity), ("pattern", pattern)) if v is not None})
         stages = [stage]
+    if is_task_model(model):
+        from netslim.channel_job import channel_job  # noqa: PLC0415
+
+        result = _run(channel_job, model, stages, out, overwrite)
+        _print_summary(result.report)
+        console.print(f"wrote {out}")
+        return
     protocol = Protocol(seqlen, calib, calib_windows, eval_file, eval_windows or None, seed)
     result = _run(compress_job, model, stages, out, protocol, overwrite, storage_format=storage)
     _print_summary(result.report)
@@ -135,6 +154,22 @@ def demo(
     console.print(f"wrote {out} (model, recipe.yaml, report.json, report.md)")
 
 
+def _parse_settings(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings as a dict; values read as YAML (numbers, booleans, lists)."""
+    import yaml  # noqa: PLC0415
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--set expects KEY=VALUE, e.g. --set bits=4; got '{item}'")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
 def _print_storage(folder: Path, summary: dict | None) -> None:
     from netslim.eval.size import folder_weight_bytes  # noqa: PLC0415
 
@@ -150,6 +185,9 @@ def _print_storage(folder: Path, summary: dict | None) -> None:
 
 
 def _print_summary(report: dict) -> None:
+    if report.get("kind") == "channels":
+        _print_channels_summary(report)
+        return
     proto = report["protocol"]
     table = Table(title=f"{report['model']}: perplexity on {proto['dataset']} "
                   f"(seqlen {proto['seqlen']}, {proto['windows']} windows, {proto['tokens']} tokens)")
@@ -161,3 +199,17 @@ def _print_summary(report: dict) -> None:
                   f"{report['compress_seconds']:.1f}")
     console.print(table)
 
+
+
+def _print_channels_summary(report: dict) -> None:
+    base, comp = report["baseline"], report["compressed"]
+    table = Table(title=f"{report['model']}: {report['params_removed']:.1%} of parameters and "
+                  f"{report['macs_removed']:.1%} of MACs removed, {report['speedup']:.2f}x faster on CPU")
+    for column in ("", "dense", "pruned"):
+        table.add_column(column, justify="right")
+    table.add_row("parameters", f"{base['params']:,}", f"{comp['params']:,}")
+    table.add_row("MACs", f"{base['macs']:,}", f"{comp['macs']:,}")
+    table.add_row("CPU latency (ms)", f"{base['latency_ms']:.2f}", f"{comp['latency_ms']:.2f}")
+    for metric, value in base["scores"].items():
+        table.add_row(metric, f"{value:.4f}", f"{comp['scores'][metric]:.4f}")
+    console.print(table)

@@ -15,6 +15,7 @@ from pathlib import Path
 from netslim.api import CompressionResult, calibration, compress, evaluate
 from netslim.data import resolve_text
 from netslim.errors import ConfigError, OutputExistsError
+from netslim.engine.sequential import check_llm_stages
 from netslim.export.atomic import check_output
 from netslim.export.save import FORMATS, save
 from netslim.models.loading import cache_dir, load_model
@@ -52,6 +53,7 @@ def compress_job(
     ``"dense"`` or ``"packed"``).
     """
     stages = parse_recipe(recipe)
+    check_llm_stages(stages)
     if storage_format not in FORMATS:
         raise ConfigError(f"storage format '{storage_format}': use one of {', '.join(FORMATS)}")
     if out is not None:

@@ -43,3 +43,23 @@ def test_minilm_with_30_percent_of_encoder_params_removed(monkeypatch):
     assert all(layer.attention.self.num_attention_heads == 9 for layer in layers)  # int(0.3 x 12) heads go
     scores = evaluate_similarity(zoo.model, zoo.tokenizer)
     assert all(scores[task] > floor for task, floor in FLOORS_30.items()), scores
+
+
+def test_minilm_through_the_compress_job(monkeypatch, tmp_path):
+    """What `netslim compress all-minilm-l6-v2 --method channels --set target_params=0.3` does."""
+    import torch
+
+    from netslim.channel_job import channel_job
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "minilm30"
+    result = channel_job("all-minilm-l6-v2", {"method": "channels", "target_params": 0.3, "importance": "l2"}, out)
+    report = result.report
+    assert report["recipe"][0]["params_of"] == "prunable"  # the encoder's parameters, as the issue counts them
+    assert report["baseline"]["scores"] == pytest.approx(REFERENCE, abs=0.005)
+    assert all(report["compressed"]["scores"][task] > floor for task, floor in FLOORS_30.items()), report
+    assert report["macs_removed"] > 0.25 and report["compressed"]["latency_ms"] > 0
+    loaded = netslim.load(out)
+    batch = loaded.tokenizer(["the pruned encoder reloads"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(loaded.model(**batch).last_hidden_state, result.model(**batch).last_hidden_state)

@@ -69,6 +69,7 @@ def run_stages(
         ConfigError: if a stage needs calibration data and none was given, or a compensation
             stage (eora) has no earlier stage in its pass to compensate.
     """
+    check_llm_stages(stages)
     passes = _passes(stages)
     _check_compensation(passes)
     log = LayerLog()
@@ -87,6 +88,14 @@ def run_stages(
     finally:
         model.train(was_training)
     return log.as_list()
+
+
+def check_llm_stages(stages: Sequence[MethodConfig]) -> None:
+    """Refuse stages made for vision and encoder models (``Scope.GRAPH``) in a causal-LM recipe."""
+    for cfg in stages:
+        if get_method(cfg.method).scope is Scope.GRAPH:
+            raise ConfigError(f"method '{cfg.method}' prunes vision and encoder models (e.g. netslim compress "
+                              "efficientnet-lite0 --method channels); for a causal LM use width or slicegpt")
 
 
 def iter_block_stats(

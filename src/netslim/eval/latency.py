@@ -148,3 +148,24 @@ def compare_latency(
 def measure_latency(model: nn.Module, ids: torch.Tensor, **kwargs) -> Latency:
     """:func:`compare_latency` for a single model."""
     return compare_latency({"model": model}, ids, **kwargs)["model"]
+
+
+def interleaved_ms(
+    models: Mapping[str, nn.Module],
+    run: Callable[[nn.Module], object],
+    repeats: int = 10,
+    warmup: int = 3,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Median milliseconds of ``run(model)`` for each model, the models' runs alternating.
+
+    For any model (vision, encoder): ``run`` is one forward pass, e.g. ``lambda m: m(images)``.
+    """
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with num_threads(threads), torch.inference_mode():
+        for i in range(warmup + repeats):
+            for name, model in models.items():
+                seconds = _seconds(lambda model=model: run(model))
+                if i >= warmup:
+                    times[name].append(seconds * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}

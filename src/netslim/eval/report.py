@@ -6,7 +6,10 @@ from typing import Any
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """A readable summary of a report dict built by :func:`netslim.job.compress_job`."""
+    """A readable summary of a report dict built by :func:`netslim.job.compress_job` or
+    :func:`netslim.channel_job.channel_job` (``kind: channels``)."""
+    if report.get("kind") == "channels":
+        return _render_channels(report)
     proto = report["protocol"]
     calib = proto.get("calibration") or {}
     base, comp = report["baseline"], report["compressed"]
@@ -53,3 +56,40 @@ def _row(label: str, side: dict[str, Any]) -> str:
         f"| {label} | {side['ppl']:.3f} | {side['params']:,} | {side['nonzero_params']:,} | "
         f"{side['size_bytes'] / 1e6:.1f} |"
     )
+
+
+def _render_channels(report: dict[str, Any]) -> str:
+    base, comp = report["baseline"], report["compressed"]
+    metrics = list(base["scores"])
+    size = comp.get("size_bytes")
+    lines = [
+        f"# netslim report: {report['model']}",
+        "",
+        "## Recipe",
+        "",
+        *[f"- `{_stage(s)}`" for s in report["recipe"]],
+        "",
+        "## Protocol",
+        "",
+        *[f"- {key}: {text}" for key, text in report["protocol"].items()],
+        "",
+        "## Results",
+        "",
+        "| | parameters | MACs | CPU latency (ms) | " + " | ".join(metrics) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(metrics),
+        *[f"| {label} | {side['params']:,} | {side['macs']:,} | {side['latency_ms']:.2f} | "
+          + " | ".join(f"{side['scores'][m]:.4f}" for m in metrics) + " |"
+          for label, side in (("dense", base), ("pruned", comp))],
+        "",
+        f"Removed {report['params_removed']:.1%} of the parameters and {report['macs_removed']:.1%} of the MACs; "
+        f"{report['speedup']:.2f}x faster. Pruning took {report['compress_seconds']:.1f} s; peak RSS "
+        f"{report['peak_rss_bytes'] / 2**20:.0f} MiB." + (f" Weights on disk: {size / 1e6:.2f} MB." if size else ""),
+        "",
+        "## Groups",
+        "",
+        "| group | units | kept |",
+        "|---|---:|---:|",
+        *[f"| {g['group']} | {g['units']} | {g['kept']} |" for g in report["groups"]],
+        "",
+    ]
+    return "\n".join(lines)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from netslim.errors import ConfigError, DataNotFoundError, did_you_mean
@@ -171,3 +172,36 @@ def evaluate_similarity(
         vectors = dict(zip(words, encode(model, tokenizer, words, batch_size=128, max_length=max_length)))
         scores[task] = word_pairs_score(vectors, pairs, human)
     return scores
+
+
+def sentence_pairs(count: int) -> tuple[list[str], list[str]]:
+    """First and second sentence of the first ``count`` usable documents of Lee's background corpus.
+
+    ``lee_background.cor`` (300 news articles, in gensim's test data) does not overlap the 50
+    Lee50 test documents, so it serves as calibration text for the encoder.
+    """
+    text = _data_file("lee_background.cor").read_text(encoding="latin-1")
+    firsts, seconds = [], []
+    for doc in text.splitlines():
+        parts = [s.strip() for s in doc.split(". ") if len(s.split()) > 3]
+        if len(parts) >= 2:
+            firsts.append(parts[0])
+            seconds.append(parts[1])
+    return firsts[:count], seconds[:count]
+
+
+def contrastive_loss(tokenizer, firsts: list[str], seconds: list[str], scale: float = 20.0):
+    """``loss_fn(model)``: in-batch-negatives InfoNCE of sentence pairs (a sentence and the next).
+
+    The objective sentence encoders such as all-MiniLM-L6-v2 were trained with; its gradients
+    serve the ``taylor`` importance criterion.
+    """
+    a = tokenizer(firsts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    b = tokenizer(seconds, padding=True, truncation=True, max_length=128, return_tensors="pt")
+
+    def loss_fn(model: nn.Module) -> torch.Tensor:
+        ea = F.normalize(mean_pool(model(**a).last_hidden_state, a["attention_mask"]), dim=-1)
+        eb = F.normalize(mean_pool(model(**b).last_hidden_state, b["attention_mask"]), dim=-1)
+        return F.cross_entropy(scale * ea @ eb.T, torch.arange(len(firsts)))
+
+    return loss_fn

@@ -14,7 +14,7 @@ from netslim.export.modules import rebuild_modules
 from netslim.export.storage import read_packed
 from netslim.models.loading import NETSLIM_MARKER, LoadedModel, load_hf_folder, load_tokenizer
 
-SUPPORTED_FORMATS = ("dense", "modules", "packed")
+SUPPORTED_FORMATS = ("dense", "modules", "packed", "slim_plan")
 
 
 def read_marker(path: str | os.PathLike) -> dict:
@@ -30,7 +30,10 @@ def read_marker(path: str | os.PathLike) -> dict:
 
 
 def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a folder written by :func:`netslim.save`, rebuilding compressed modules.
+    """Load a folder written by :func:`netslim.save` or by ``netslim compress``, rebuilding compressed modules.
+
+    A vision or encoder model pruned by ``netslim compress`` (format ``slim_plan``) is rebuilt
+    from its zoo package, then its saved cuts are replayed and its weights loaded.
 
     Raises:
         ModelNotFoundError: if the folder is not a netslim output.
@@ -43,6 +46,12 @@ def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedM
         raise NetslimError(f"'{path}' uses storage format '{fmt}', which this netslim cannot read; upgrade netslim")
     if fmt == "dense":
         return load_hf_folder(folder, dtype, str(path))
+    if fmt == "slim_plan":  # a vision or encoder model of the zoo with channels removed
+        from netslim.graph.plan import load_pruned  # noqa: PLC0415
+        from netslim.models.zoo import load_pretrained  # noqa: PLC0415
+
+        zoo = load_pretrained(info["source"])
+        return LoadedModel(load_pruned(zoo.model, folder).to(dtype).eval(), zoo.tokenizer, str(path))
     if fmt == "packed":
         storage = info["storage"]
         state = read_packed(folder, storage["tensors"], storage.get("aliases", {}))

@@ -4,7 +4,9 @@ from netslim.methods import depth, magnitude, wanda, width  # noqa: F401  (regis
 from netslim.methods import eora, lowrank  # noqa: F401  (registration side effect)
 from netslim.methods import slicegpt  # noqa: F401  (registration side effect)
 from netslim.methods import gptq, rtn, sparsegpt  # noqa: F401  (registration side effect)
+from netslim.methods import channels  # noqa: F401  (registration side effect)
 from netslim.methods.base import MethodConfig, Scope
+from netslim.methods.channels import ChannelsConfig
 from netslim.methods.eora import EoRAConfig
 from netslim.methods.lowrank import ASVDConfig, LowRankConfig, SVDConfig, SVDLLMConfig
 from netslim.methods.depth import DepthConfig
@@ -19,6 +21,7 @@ from netslim.methods.width import WidthConfig
 
 __all__ = [
     "ASVDConfig",
+    "ChannelsConfig",
     "EoRAConfig",
     "LowRankConfig",
     "SVDConfig",

@@ -4,6 +4,8 @@ A method is a validated config plus a function, registered by name
 (:func:`netslim.methods.registry.register_method`). The engine calls the function once per
 Linear layer (``Scope.LAYER``), once per block (``Scope.BLOCK``) or once for the whole model
 (``Scope.MODEL``), handing it the calibration statistics its config declares in ``needs``.
+``Scope.GRAPH`` methods act on vision and encoder models (:mod:`netslim.models.tasks`), not
+on causal LMs, and never enter the engine.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Scope(str, enum.Enum):
     LAYER = "layer"
     BLOCK = "block"
     MODEL = "model"
+    GRAPH = "graph"  # any nn.Module through its dependency graph (netslim.graph), not a causal-LM pass
 
 
 class MethodConfig(BaseModel):
