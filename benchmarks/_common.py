@@ -55,6 +55,16 @@ def write_results(name: str, payload: dict, table: str) -> None:
     (RESULTS / f"{name}.md").write_text(table + "\n")
 
 
+def saved_results(name: str, protocol: dict | None = None) -> dict:
+    """The payload of ``results/<name>.json`` from an earlier run, so rows accumulate across runs.
+
+    Empty if there is none, or if ``protocol`` is given and the file was measured under another.
+    """
+    path = RESULTS / f"{name}.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    return {} if protocol is not None and saved.get("protocol") != protocol else saved
+
+
 def eval_windows(lm: netslim.LoadedModel, protocol: dict = SMALL_PROTOCOL):
     """The evaluation windows of the protocol, built once per run."""
     from netslim.api import bos_id

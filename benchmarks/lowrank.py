@@ -18,7 +18,6 @@ settings), dense and compressed alike. Results accumulate in the JSON file:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 import netslim
-from _common import RESULTS, SMALL_PROTOCOL, calib_windows, eval_windows, protocol_for, write_results
+from _common import SMALL_PROTOCOL, calib_windows, eval_windows, protocol_for, saved_results, write_results
 from netslim.eval.latency import compare_latency
 from netslim.eval.size import folder_weight_bytes
 from netslim.models.adapter import ModelAdapter
@@ -133,8 +132,7 @@ def main() -> None:
               and (args.ratios is None or configs[n][0] in args.ratios)]
     protocol = protocol_for(args.quick)
     name = "lowrank" + ("_quick" if args.quick else "")
-    previous = RESULTS / f"{name}.json"
-    rows = json.loads(previous.read_text())["results"] if previous.exists() else {}
+    rows = saved_results(name).get("results", {})
     dense = netslim.load_model(protocol["model"])
     windows = eval_windows(dense, protocol)
     calib = calib_windows(dense, protocol)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 import netslim
-from _common import RESULTS, calib_windows, eval_windows, protocol_for, write_results
+from _common import calib_windows, eval_windows, protocol_for, saved_results, write_results
 
 CONFIGS = {
     "sparsegpt50": {"method": "sparsegpt", "sparsity": 0.5},
@@ -143,8 +143,7 @@ def main() -> None:
         print("RESULT " + json.dumps(run_side(*args.worker, args.repo, args.quick)))
         return
     name = "reference_second_order" + ("_quick" if args.quick else "")
-    previous = RESULTS / f"{name}.json"
-    rows = json.loads(previous.read_text()).get("results", {}) if previous.exists() else {}
+    rows = saved_results(name).get("results", {})
     for config in args.only or list(CONFIGS):
         repo = args.sparsegpt_repo if config.startswith("sparsegpt") else args.gptq_repo
         if repo is None or not repo.is_dir():

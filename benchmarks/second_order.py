@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import netslim
-from _common import RESULTS, calib_windows, eval_windows, protocol_for, write_results
+from _common import calib_windows, eval_windows, protocol_for, saved_results, write_results
 
 CONFIGS = {
     "dense": [],
@@ -131,8 +131,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown configuration {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
     name = "second_order" + ("_quick" if args.quick else "")
-    previous = RESULTS / f"{name}.json"
-    rows = json.loads(previous.read_text())["results"] if previous.exists() else {}
+    rows = saved_results(name).get("results", {})
     protocol = protocol_for(args.quick)
     for config in args.only or CONFIGS:
         command = [sys.executable, __file__, "--worker", config] + (["--quick"] if args.quick else [])

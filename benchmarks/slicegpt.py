@@ -19,14 +19,13 @@ Results accumulate in ``results/slicegpt.json`` across invocations:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 import netslim
-from _common import RESULTS, calib_windows, eval_windows, protocol_for, write_results
+from _common import calib_windows, eval_windows, protocol_for, saved_results, write_results
 from netslim.eval.latency import compare_latency
 from netslim.eval.size import folder_weight_bytes
 from netslim.models.adapter import ModelAdapter
@@ -113,14 +112,12 @@ def main() -> None:
     protocol = protocol_for(args.quick)
     torch.set_num_threads(args.threads)
     name = "slicegpt" + ("_quick" if args.quick else "")
-    path = RESULTS / f"{name}.json"
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    same = saved.get("protocol") == protocol
-    rows = saved.get("results", {}) if same else {}
+    saved = saved_results(name, protocol)
+    rows = saved.get("results", {})
     dense_lm = netslim.load_model(protocol["model"])
     windows = eval_windows(dense_lm, protocol)
     calib = calib_windows(dense_lm, protocol)
-    dense = saved.get("dense") if same else None
+    dense = saved.get("dense")
     if dense is None:
         dense = {**netslim.evaluate(dense_lm, data=windows, progress=False).as_dict(), "decoder_params": decoder_params(dense_lm.model)}
     for target in args.targets:
