@@ -92,6 +92,8 @@ def test_cli_compress_and_info(tiny_task, tmp_path):
     assert report["recipe"][0]["allocation"] == "global" and report["params_removed"] >= 0.3
     info = runner.invoke(app, ["info", str(out)])
     assert info.exit_code == 0 and "format slim_plan" in info.output and "channels" in info.output
+    perplexity = runner.invoke(app, ["eval", str(out)])
+    assert perplexity.exit_code == 2 and "not a language model" in perplexity.stderr
 
     again = runner.invoke(app, ["compress", NAME, "--method", "channels", "--set", "target_params=0.3", "--out", str(out)])
     assert again.exit_code == 2 and "already exists" in again.stderr
@@ -104,6 +106,7 @@ def test_cli_compress_and_info(tiny_task, tmp_path):
         (["--method", "channels", "--set", "target_flops"], "--set expects KEY=VALUE"),
         (["--method", "channels", "--set", "target_flops=1.5"], "target_flops=1.5"),
         (["--method", "gptq", "--set", "bits=4"], "'gptq' needs a causal LM"),
+        (["--method", "channels", "--set", "target_flops=0.3", "--set", "importance=2:4"], "importance='2:4'"),
     ],
 )
 def test_cli_errors(tiny_task, tmp_path, args, message):

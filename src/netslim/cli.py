@@ -115,7 +115,12 @@ def eval_(
 ) -> None:
     """Perplexity and size of MODEL under the stated protocol."""
     from netslim.api import evaluate  # noqa: PLC0415
+    from netslim.models.loading import NETSLIM_MARKER  # noqa: PLC0415
 
+    marker = Path(model) / NETSLIM_MARKER
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("format") == "slim_plan":
+        _fail(f"'{model}' is a pruned vision/encoder model, not a language model; its scores before and "
+              f"after are in its report (netslim info {model})")
     result = _run(evaluate, model, data=eval_file, seqlen=seqlen, windows=eval_windows or None)
     proto = result.perplexity.protocol()
     console.print(
@@ -163,8 +168,8 @@ def _parse_settings(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             _fail(f"--set expects KEY=VALUE, e.g. --set bits=4; got '{item}'")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
+        try:  # "2:4" stays a string (YAML 1.1 would read it as the base-60 number 124)
+            out[key.strip()] = value if ":" in value else yaml.safe_load(value)
         except yaml.YAMLError:
             out[key.strip()] = value
     return out
