@@ -25,6 +25,7 @@ from netslim.eval.flops import count_macs, count_params
 from netslim.eval.latency import interleaved_ms
 from netslim.graph.api import prunable_params
 from netslim.graph.dependency import build_graph
+from netslim.methods import build_config
 from netslim.models.tasks import load_task
 
 TARGETS = (0.3, 0.5)
@@ -39,7 +40,7 @@ def case(task, dense, criterion: str, allocation: str, target: float, runs: int)
     vision = task.name == "efficientnet-lite0"
     stage = {"method": "channels", "importance": criterion, "allocation": allocation,
              ("target_flops" if vision else "target_params"): target}
-    cfg = netslim.methods.build_config(stage).for_task(task)
+    cfg = build_config(stage).for_task(task)
     start = time.perf_counter()
     result = netslim.prune_channels(model, task.example_inputs, cfg, loss_fn=task.loss_fn)
     seconds = time.perf_counter() - start

@@ -10,52 +10,35 @@ Example:
 
 __version__ = "0.1.0"
 
-from netslim.api import CompressionResult, Evaluation, calibration, compress, evaluate  # noqa: E402
-from netslim.channel_job import channel_job  # noqa: E402
-from netslim.errors import NetslimError  # noqa: E402
-from netslim.eval.similarity import evaluate_similarity  # noqa: E402
-from netslim.export import load, save  # noqa: E402
-from netslim.graph.api import ChannelPruneConfig, ChannelPruneResult, prune_channels  # noqa: E402
-from netslim.methods import DepthConfig, MagnitudeConfig, WandaConfig, WidthConfig, method_names  # noqa: E402
-from netslim.methods import ASVDConfig, EoRAConfig, SVDConfig, SVDLLMConfig  # noqa: E402
-from netslim.methods import ChannelsConfig, SliceGPTConfig  # noqa: E402
-from netslim.methods import GPTQConfig, RTNConfig, SparseGPTConfig  # noqa: E402
-from netslim.models.loading import LoadedModel, load_model  # noqa: E402
-from netslim.models.zoo import PretrainedModel, load_pretrained  # noqa: E402
-from netslim.recipe import load_recipe, parse_recipe  # noqa: E402
+# Names are imported on first use (PEP 562), so `import netslim` and `netslim --help` stay fast:
+# the LLM engine pulls in transformers, which takes seconds to import.
+_EXPORTS = {
+    "netslim.api": ("CompressionResult", "Evaluation", "calibration", "compress", "evaluate"),
+    "netslim.channel_job": ("channel_job",),
+    "netslim.errors": ("NetslimError",),
+    "netslim.eval.similarity": ("evaluate_similarity",),
+    "netslim.export": ("load", "save"),
+    "netslim.graph.api": ("ChannelPruneConfig", "ChannelPruneResult", "prune_channels"),
+    "netslim.methods": ("ASVDConfig", "ChannelsConfig", "DepthConfig", "EoRAConfig", "GPTQConfig", "MagnitudeConfig",
+                        "RTNConfig", "SVDConfig", "SVDLLMConfig", "SliceGPTConfig", "SparseGPTConfig", "WandaConfig",
+                        "WidthConfig", "method_names"),
+    "netslim.models.loading": ("LoadedModel", "load_model"),
+    "netslim.models.zoo": ("PretrainedModel", "load_pretrained"),
+    "netslim.recipe": ("load_recipe", "parse_recipe"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
 
-__all__ = [
-    "ChannelPruneConfig",
-    "ChannelsConfig",
-    "ChannelPruneResult",
-    "ASVDConfig",
-    "EoRAConfig",
-    "SVDConfig",
-    "SVDLLMConfig",
-    "CompressionResult",
-    "DepthConfig",
-    "Evaluation",
-    "LoadedModel",
-    "MagnitudeConfig",
-    "NetslimError",
-    "PretrainedModel",
-    "SliceGPTConfig",
-    "GPTQConfig",
-    "RTNConfig",
-    "SparseGPTConfig",
-    "WandaConfig",
-    "WidthConfig",
-    "calibration",
-    "compress",
-    "evaluate",
-    "evaluate_similarity",
-    "load",
-    "load_model",
-    "load_pretrained",
-    "load_recipe",
-    "method_names",
-    "parse_recipe",
-    "prune_channels",
-    "channel_job",
-    "save",
-]
+
+def __getattr__(name: str):
+    import importlib  # noqa: PLC0415
+
+    if name not in _WHERE:
+        raise AttributeError(f"module 'netslim' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
