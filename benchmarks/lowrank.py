@@ -93,25 +93,40 @@ def run_config(recipe: list[dict], dense: netslim.LoadedModel, calib, windows, p
     }
 
 
+def table_order() -> list[str]:
+    """Grid names grouped by method and allocation, ratios ascending, quantization last."""
+    def key(name: str):
+        ratio, recipe = grid()[name]
+        stage = recipe[0]
+        if ratio is None:
+            return (1, 0, 0, 0)
+        return (0, METHODS.index(stage["method"]), ALLOCATIONS.index(stage["allocation"]), ratio)
+
+    return sorted(grid(), key=key)
+
+
 def table(rows: dict, protocol: dict) -> str:
-    """The markdown table: dense first, then configurations in grid order."""
+    """The markdown table: dense first, then configurations by method, allocation and ratio."""
     dense = rows["dense"]
     lines = [
         "| configuration | removed | perplexity | vs dense | params | size MB | prefill speedup | compress s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in ["dense", *[n for n in grid() if n in rows]]:
+    for name in ["dense", *[n for n in table_order() if n in rows]]:
         r = rows[name]
-        removed = 1 - r["projection_params"] / dense["projection_params"]
+        factorized = name == "dense" or grid()[name][0] is not None
+        removed = f"{1 - r['projection_params'] / dense['projection_params']:.0%}" if factorized else "-"
+        params = f"{r['params'] / 1e6:.1f}M" if factorized else "-"
         speedup = r["dense_prefill_s"] / r["prefill_s"] if r.get("prefill_s") else 1.0
         lines.append(
-            f"| {name} | {removed:.0%} | {r['ppl']:.2f} | {r['ppl'] / dense['ppl']:.2f}x | {r['params'] / 1e6:.1f}M | "
+            f"| {name} | {removed} | {r['ppl']:.2f} | {r['ppl'] / dense['ppl']:.2f}x | {params} | "
             f"{r['size_bytes'] / 1e6:.0f} | {speedup:.2f}x | {r.get('compress_seconds', 0):.0f} |"
         )
     lines.append(
         f"\nProtocol: {protocol['model']}, WikiText-2 test, first {protocol['eval_windows']} windows of "
         f"{protocol['seqlen']} tokens; calibration {protocol['calib_windows']} windows of WikiText-2 valid, "
-        f"seed {protocol['seed']}; fp32, CPU. 'removed': fraction of decoder projection parameters removed. "
+        f"seed {protocol['seed']}; fp32, CPU. 'removed': fraction of decoder projection parameters removed "
+        "(GPTQ keeps every projection's shape in 3-bit codes; EoRA r32 adds rank-32 fp32 factors to each). "
         "Prefill speedup: dense / compressed median time of a 1x512 prefill, 1 thread, interleaved in one "
         "process on a shared 2-core machine. Size: safetensors written by netslim.save."
     )

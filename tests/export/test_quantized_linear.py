@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from netslim.eval.size import model_size
 from netslim.nn.quantized import QuantizedLinear
 from storage_helpers import rtn
 
@@ -118,3 +119,19 @@ def test_release_cache_frees_the_float_weight_and_forward_rebuilds_it():
     layer.release_cache()
     assert not layer._cache
     assert torch.equal(layer(x), before)
+
+
+def test_model_size_counts_the_quantized_weights():
+    dense = torch.nn.Sequential(torch.nn.Linear(256, 32), torch.nn.Linear(32, 8))
+    quantized = torch.nn.Sequential(_layer(), torch.nn.Linear(32, 8))
+    layer = quantized[0]
+    layer.zeros[:4] = 3.0
+    layer.codes[:4] = 3  # the first 4 rows dequantize to exactly 0
+    size = model_size(quantized)
+    assert size.params == model_size(dense).params == 32 * 256 + 32 + 32 * 8 + 8
+    tail = sum(int(torch.count_nonzero(p)) for p in quantized[1].parameters())
+    head = int(torch.count_nonzero(layer.dequantize())) + int(torch.count_nonzero(layer.bias))
+    assert size.nonzero_params == head + tail
+    assert size.nonzero_params <= size.params - 4 * 256
+    codes_bytes = 32 * 256 + 2 * 4 * 32 * 2  # uint8 codes; fp32 scales and zeros, 2 groups of 128
+    assert size.size_bytes == codes_bytes + 4 * (32 + 32 * 8 + 8)

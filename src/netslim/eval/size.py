@@ -1,4 +1,4 @@
-"""Parameter counts and bytes of a model (tied weights counted once)."""
+"""Parameter counts and bytes of a model (tied weights counted once, quantized weights counted)."""
 
 from __future__ import annotations
 
@@ -33,12 +33,27 @@ def unique_parameters(model: nn.Module) -> Iterator[torch.Tensor]:
 
 
 def model_size(model: nn.Module) -> ModelSize:
-    """Parameters, non-zero parameters, and the bytes the parameters take in memory."""
+    """Parameters, non-zero parameters, and the bytes the parameters take in memory.
+
+    A :class:`QuantizedLinear` keeps its weight in buffers (codes, scales, zeros); it counts as
+    its ``out x in`` weights and its bias, non-zero where the dequantized weight is, and the
+    bytes of those buffers.
+    """
+    from netslim.nn.quantized import QuantizedLinear  # noqa: PLC0415  (import cycle via netslim.export)
+
     params = nonzero = size = 0
     for p in unique_parameters(model):
         params += p.numel()
         nonzero += int(torch.count_nonzero(p))
         size += p.numel() * p.element_size()
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear):
+            weight = module.dequantize()
+            tensors = [module.codes, module.scales, module.zeros]
+            extra = [] if module.bias is None else [module.bias]
+            params += weight.numel() + sum(t.numel() for t in extra)
+            nonzero += int(torch.count_nonzero(weight)) + sum(int(torch.count_nonzero(t)) for t in extra)
+            size += sum(t.numel() * t.element_size() for t in tensors + extra)
     return ModelSize(params, nonzero, size)
 
 
