@@ -93,28 +93,28 @@ def run_config(recipe: list[dict], dense: netslim.LoadedModel, calib, windows, p
     }
 
 
-def table_order() -> list[str]:
-    """Grid names grouped by method and allocation, ratios ascending, quantization last."""
+def table_order(configs: dict[str, tuple[int | None, list[dict]]]) -> list[str]:
+    """Names of ``grid()`` grouped by method and allocation, ratios ascending, quantization last."""
     def key(name: str):
-        ratio, recipe = grid()[name]
-        stage = recipe[0]
+        ratio, recipe = configs[name]
         if ratio is None:
             return (1, 0, 0, 0)
-        return (0, METHODS.index(stage["method"]), ALLOCATIONS.index(stage["allocation"]), ratio)
+        return (0, METHODS.index(recipe[0]["method"]), ALLOCATIONS.index(recipe[0]["allocation"]), ratio)
 
-    return sorted(grid(), key=key)
+    return sorted(configs, key=key)
 
 
 def table(rows: dict, protocol: dict) -> str:
     """The markdown table: dense first, then configurations by method, allocation and ratio."""
+    configs = grid()
     dense = rows["dense"]
     lines = [
         "| configuration | removed | perplexity | vs dense | params | size MB | prefill speedup | compress s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in ["dense", *[n for n in table_order() if n in rows]]:
+    for name in ["dense", *[n for n in table_order(configs) if n in rows]]:
         r = rows[name]
-        factorized = name == "dense" or grid()[name][0] is not None
+        factorized = name == "dense" or configs[name][0] is not None
         removed = f"{1 - r['projection_params'] / dense['projection_params']:.0%}" if factorized else "-"
         params = f"{r['params'] / 1e6:.1f}M" if factorized else "-"
         speedup = r["dense_prefill_s"] / r["prefill_s"] if r.get("prefill_s") else 1.0

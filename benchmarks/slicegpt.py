@@ -22,7 +22,6 @@ import argparse
 import time
 from pathlib import Path
 
-
 import netslim
 from _common import calib_windows, eval_windows, protocol_for, saved_results, write_results
 from netslim.eval.latency import compare_latency
@@ -105,7 +104,8 @@ def main() -> None:
     parser.add_argument("--targets", nargs="*", type=float, default=[0.2, 0.3, 0.5],
                         help="fractions of decoder-block parameters to remove")
     parser.add_argument("--repeats", type=int, default=5, help="timed latency runs (0 skips latency)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for the timings (compression and evaluation use every core)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the timings (compression and evaluation use every core)")
     parser.add_argument("--tmp", default="/tmp/netslim-slicegpt-bench", help="where sliced models are saved")
     args = parser.parse_args()
     protocol = protocol_for(args.quick)

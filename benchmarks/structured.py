@@ -8,8 +8,8 @@ Latency: prefill of 1 x 512 tokens (KV cache plus last-token logits, as ``genera
 and greedy generation of 64 tokens after a 32-token prompt, median of repeated runs, the
 dense model timed in the same process with its runs interleaved with the pruned model's,
 with a fixed number of threads (``--threads``, stated in the JSON; compression and evaluation use
-every core). Results accumulate in
-``results/structured.json`` across invocations, so the grid can be run in pieces:
+every core). Results accumulate in ``results/structured.json`` across invocations, so the grid
+can be run in pieces:
 
     nice -n 10 python benchmarks/structured.py --only width-flap-global --ratios 0.5
     nice -n 10 python benchmarks/structured.py --only depth-bi depth-ppl
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import time
-
 
 import netslim
 from _common import calib_windows, eval_windows, protocol_for, saved_results, write_results
@@ -96,7 +95,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, choices=sorted(CONFIGS), help="configurations to run")
     parser.add_argument("--ratios", nargs="*", type=float, default=[0.2, 0.3, 0.5])
     parser.add_argument("--repeats", type=int, default=5, help="timed latency runs (0 skips latency)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for the timings (compression and evaluation use every core)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the timings (compression and evaluation use every core)")
     args = parser.parse_args()
     protocol = protocol_for(args.quick)
     name = "structured" + ("_quick" if args.quick else "")
