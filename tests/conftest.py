@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_models import TINY_CONFIGS, tiny_model  # noqa: F401  (re-exported for fixtures)
+from tiny_models import TINY_CONFIGS, char_tokenizer, tiny_model  # noqa: F401  (re-exported for fixtures)
 
 
 @pytest.fixture(params=sorted(TINY_CONFIGS))
@@ -27,17 +27,6 @@ def token_windows():
 
     ids = torch.randint(3, 128, (8, 32), generator=torch.Generator().manual_seed(0))
     return TokenWindows(ids, "random tokens", 32, 0, False)
-
-
-def char_tokenizer():
-    """A character-level fast tokenizer whose ids fit the tiny models' vocabulary of 128."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{chr(c): c for c in range(32, 127)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
 @pytest.fixture

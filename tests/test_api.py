@@ -54,7 +54,7 @@ def test_input_folder_is_never_modified(tiny_folder, tmp_path):
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     compress_job(str(folder), [{"method": "wanda"}], tmp_path / "o", _protocol(text), progress=False)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    with pytest.raises(OutputExistsError, match="is the input model"):
+    with pytest.raises(ConfigError, match="is the input"):
         compress_job(str(folder), [{"method": "wanda"}], folder, _protocol(text), overwrite=True, progress=False)
 
 
@@ -66,8 +66,13 @@ def test_existing_output_is_not_overwritten_unless_asked(tiny_folder, tmp_path):
     with pytest.raises(OutputExistsError, match="--overwrite"):
         compress_job(str(folder), [{"method": "magnitude"}], out, _protocol(text), progress=False)
     assert (out / "keep.txt").read_text() == "mine"
-    compress_job(str(folder), [{"method": "magnitude"}], out, _protocol(text), overwrite=True, progress=False)
-    assert not (out / "keep.txt").exists() and (out / "netslim.json").is_file()
+    with pytest.raises(OutputExistsError, match="not written by netslim"):  # --overwrite replaces only netslim's own
+        compress_job(str(folder), [{"method": "magnitude"}], out, _protocol(text), overwrite=True, progress=False)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    compress_job(str(folder), [{"method": "magnitude"}], out, _protocol(text), progress=False, overwrite=True)
+    compress_job(str(folder), [{"method": "wanda"}], out, _protocol(text), overwrite=True, progress=False)
+    assert "wanda" in (out / "recipe.yaml").read_text()
 
 
 def test_failed_save_leaves_no_partial_output(llama_model, tmp_path, monkeypatch):
@@ -111,7 +116,7 @@ def test_perplexity_matches_a_direct_computation(llama_model):
     assert result.ppl == pytest.approx(float(nll.exp()), rel=1e-5)
 
 
-@pytest.mark.parametrize("source", ["no/such/dir/", "./missing", "missing.gguf"])
+@pytest.mark.parametrize("source", ["no/such/dir/", "./missing", "missing.gguf", "no/such/model.gguf"])
 def test_missing_models_get_one_line_errors(source):
     with pytest.raises(ModelNotFoundError, match="not found") as info:
         netslim.load_model(source)

@@ -48,3 +48,14 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
             if "norm" in name or "ln_" in name:
                 p.add_(0.1 * torch.randn_like(p))
     return model.eval()
+
+
+def char_tokenizer():
+    """A character-level fast tokenizer whose ids fit the tiny models' vocabulary of 128."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{chr(c): c for c in range(32, 127)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")

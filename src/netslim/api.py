@@ -21,10 +21,11 @@ from torch import nn
 from netslim.data.sources import resolve_text
 from netslim.data.windows import TokenWindows, calibration_windows, evaluation_windows, tokenize
 from netslim.engine.sequential import run_stages
-from netslim.errors import ConfigError
+from netslim.errors import ConfigError, NetslimError
 from netslim.eval.perplexity import Perplexity, perplexity
 from netslim.eval.size import ModelSize, model_size
 from netslim.methods.base import MethodConfig
+from netslim.methods.preflight import check_recipe, check_seqlen, model_shape
 from netslim.models.adapter import ModelAdapter
 from netslim.models.loading import LoadedModel, load_model
 from netslim.recipe import RecipeLike, parse_recipe
@@ -40,7 +41,7 @@ class CompressionResult:
         recipe: The validated stages that were applied.
         layers: One record per compressed layer: name, shape, sparsity, methods, extras.
         calibration: Provenance of the calibration windows, or ``None`` when data-free.
-        seconds: Wall time of the compression.
+        seconds: Wall time of the compression (a resumed run counts its earlier runs' restored blocks too).
         peak_rss_bytes: Peak resident memory of the process so far.
         source: Where the model came from.
         report: The full report, when a job evaluated before and after.
@@ -80,11 +81,31 @@ def peak_rss_bytes() -> int:
 
 
 def _unpack(model: nn.Module | LoadedModel | str, tokenizer: Any) -> tuple[nn.Module, Any, str]:
-    if isinstance(model, str):
+    if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     if isinstance(model, LoadedModel):
         return model.model, tokenizer or model.tokenizer, model.source
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a transformers causal LM, a LoadedModel or a model source string, "
+                          f"got {type(model).__name__}")
     return model, tokenizer, "in-memory model"
+
+
+def _no_tokenizer(task: str, source: str) -> ConfigError:
+    if source == "in-memory model":
+        return ConfigError(f"{task} needs a tokenizer; pass tokenizer=")
+    return ConfigError(f"{task} needs a tokenizer, and model '{source}' has none: add its tokenizer files to the folder")
+
+
+def check_finite(model: nn.Module, what: str = "the model") -> None:
+    """Refuse a model with NaN or infinite weights, naming the first such tensor.
+
+    Raises:
+        NetslimError: with the tensor's name.
+    """
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise NetslimError(f"{what} has NaN or infinite values in '{name}'; netslim needs finite weights")
 
 
 def bos_id(model: nn.Module, tokenizer: Any) -> int | None:
@@ -104,9 +125,10 @@ def calibration(
     seed: int = 0,
 ) -> TokenWindows:
     """Seeded random calibration windows from a text file or ``wikitext2:valid``."""
-    model, tokenizer, _ = _unpack(model, tokenizer)
+    model, tokenizer, origin = _unpack(model, tokenizer)
     if tokenizer is None:
-        raise ConfigError("building calibration windows from text needs a tokenizer; pass tokenizer=")
+        raise _no_tokenizer("building calibration windows from text", origin)
+    check_seqlen(model.config, seqlen)
     text = resolve_text(source, default_split="valid")
     return calibration_windows(tokenize(tokenizer, text.text), seqlen, windows, seed, bos_id(model, tokenizer), text.name)
 
@@ -132,21 +154,24 @@ def compress(
         tokenizer: Needed only to draw the default calibration data from an ``nn.Module``.
         progress: Show a progress bar per pass.
         checkpoint_dir: Folder for per-block checkpoints; calling again with the same model,
-            recipe, calibration data and folder resumes after the last finished block.
+            recipe, calibration data and folder resumes after the last finished block
+            (``seconds`` then includes the time earlier runs spent on the restored blocks).
     """
     stages = parse_recipe(recipe)
     module, tokenizer, source = _unpack(model, tokenizer)
     adapter = ModelAdapter.from_model(module)
+    check_recipe(stages, model_shape(adapter))  # a chain that cannot run fails before any work
     windows = _calibration_windows(module, tokenizer, stages, calibration)
     start = time.perf_counter()
-    layers = run_stages(adapter, stages, windows, progress=progress, checkpoint_dir=checkpoint_dir)
+    timing: dict[str, float] = {}
+    layers = run_stages(adapter, stages, windows, progress=progress, checkpoint_dir=checkpoint_dir, timing=timing)
     return CompressionResult(
         model=module,
         tokenizer=tokenizer,
         recipe=stages,
         layers=layers,
         calibration=windows.describe() if windows is not None else None,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start + timing["restored_seconds"],
         peak_rss_bytes=peak_rss_bytes(),
         source=source,
     )
@@ -158,8 +183,16 @@ def _calibration_windows(model, tokenizer, stages, given) -> TokenWindows | None
     if isinstance(given, TokenWindows):
         return given
     if isinstance(given, torch.Tensor):
-        if given.dim() != 2:
-            raise ConfigError(f"calibration ids must have shape (windows, seqlen), got {tuple(given.shape)}")
+        if given.dim() != 2 or given.shape[0] < 1 or given.shape[1] < 2:
+            raise ConfigError(f"calibration ids must have shape (windows, seqlen >= 2), got {tuple(given.shape)}")
+        if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+            raise ConfigError(f"calibration ids must be an integer tensor of token ids, got {given.dtype}; "
+                              "tokenize the text first (netslim.calibration)")
+        vocab = model.get_input_embeddings().num_embeddings
+        if int(given.min()) < 0 or int(given.max()) >= vocab:
+            raise ConfigError(f"calibration ids must lie in [0, {vocab}) (the model's vocabulary), got "
+                              f"{int(given.min())}..{int(given.max())}")
+        check_seqlen(model.config, given.shape[1])
         return TokenWindows(given.long(), "token tensor", given.shape[1], None, False)
     if given is not None:
         raise ConfigError(f"calibration must be TokenWindows or an id tensor, got {type(given).__name__}")
@@ -180,10 +213,11 @@ def evaluate(
         data: A text file, ``wikitext2[:split]``, or ready :class:`TokenWindows`.
         windows: How many windows from the start of the text; ``None`` for all.
     """
-    module, tokenizer, _ = _unpack(model, tokenizer)
+    module, tokenizer, source = _unpack(model, tokenizer)
     if not isinstance(data, TokenWindows):
         if tokenizer is None:
-            raise ConfigError("evaluating on text needs a tokenizer; pass tokenizer=")
+            raise _no_tokenizer("evaluating on text", source)
+        check_seqlen(module.config, seqlen)
         text = resolve_text(data, default_split="test")
         data = evaluation_windows(tokenize(tokenizer, text.text), seqlen, windows, bos_id(module, tokenizer), text.name)
     return Evaluation(perplexity(module, data, progress=progress), model_size(module))

@@ -27,7 +27,8 @@ app = typer.Typer(
 console = Console()
 
 Seqlen = Annotated[int, typer.Option(help="Tokens per window (calibration and evaluation).")]
-EvalFile = Annotated[str, typer.Option("--eval", help="Evaluation text: a .txt file or wikitext2[:test].")]
+EvalFile = Annotated[str, typer.Option("--eval", help="Evaluation text: a UTF-8 .txt file, wikitext2[:test] "
+                                       "(packaged) or wikitext2-raw:test (hub).")]
 EvalWindows = Annotated[int, typer.Option(help="Evaluate on the first N non-overlapping windows (0 = all).")]
 
 
@@ -36,11 +37,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _run(fn, *args, **kwargs):
+def _run(fn, *args, resumable: bool = False, **kwargs):
+    """Call ``fn``; a user error is one line and exit 2, Ctrl-C one line and exit 130."""
     try:
         return fn(*args, **kwargs)
     except NetslimError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        resume = "; finished blocks are kept: run the same command again to resume" if resumable else ""
+        typer.echo(f"interrupted{resume}", err=True)
+        raise typer.Exit(130) from None
 
 
 @app.command(
@@ -62,7 +68,8 @@ def compress(
     settings: Annotated[Optional[list[str]], typer.Option("--set", help="Another setting of --method as KEY=VALUE "
                                                           "(repeatable), e.g. --set bits=4.")] = None,
     recipe: Annotated[Optional[Path], typer.Option(help="YAML/JSON recipe file instead of --method.")] = None,
-    calib: Annotated[str, typer.Option(help="Calibration text: a .txt file or wikitext2[:valid].")] = "wikitext2:valid",
+    calib: Annotated[str, typer.Option(help="Calibration text: a UTF-8 .txt file, wikitext2[:valid] "
+                                       "(packaged) or wikitext2-raw:valid (hub).")] = "wikitext2:valid",
     eval_file: EvalFile = "wikitext2:test",
     seqlen: Seqlen = 512,
     calib_windows: Annotated[int, typer.Option(help="Number of calibration windows.")] = 64,
@@ -90,7 +97,13 @@ def compress(
     if recipe is not None:
         stages = _run(load_recipe, recipe)
     else:
-        stage = {"method": method, **_parse_settings(settings or [])}
+        extra = _parse_settings(settings or [])
+        if "method" in extra:
+            _fail("--set method=... is not a setting; choose the method with --method")
+        for key, value in (("sparsity", sparsity), ("pattern", pattern)):
+            if value is not None and key in extra:
+                _fail(f"--{key} and --set {key}=... both given; give it once")
+        stage = {"method": method, **extra}
         stage.update({k: v for k, v in (("sparsity", sparsity), ("pattern", pattern)) if v is not None})
         stages = [stage]
     if is_task_model(model):
@@ -100,8 +113,8 @@ def compress(
         _print_summary(result.report)
         console.print(f"wrote {out}")
         return
-    protocol = Protocol(seqlen, calib, calib_windows, eval_file, eval_windows or None, seed)
-    result = _run(compress_job, model, stages, out, protocol, overwrite, storage_format=storage)
+    protocol = _run(Protocol, seqlen, calib, calib_windows, eval_file, eval_windows or None, seed)
+    result = _run(compress_job, model, stages, out, protocol, overwrite, storage_format=storage, resumable=True)
     _print_summary(result.report)
     console.print(f"wrote {out}")
 
@@ -115,10 +128,10 @@ def eval_(
 ) -> None:
     """Perplexity and size of MODEL under the stated protocol."""
     from netslim.api import evaluate  # noqa: PLC0415
+    from netslim.export.load import read_marker  # noqa: PLC0415
     from netslim.models.loading import NETSLIM_MARKER  # noqa: PLC0415
 
-    marker = Path(model) / NETSLIM_MARKER
-    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("format") == "slim_plan":
+    if (Path(model) / NETSLIM_MARKER).is_file() and _run(read_marker, model).get("format") == "slim_plan":
         _fail(f"'{model}' is a pruned vision/encoder model, not a language model; its scores before and "
               f"after are in its report (netslim info {model})")
     result = _run(evaluate, model, data=eval_file, seqlen=seqlen, windows=eval_windows or None)
@@ -133,16 +146,19 @@ def eval_(
 @app.command(epilog="Example:\n\n  netslim info wanda50/")
 def info(folder: Annotated[Path, typer.Argument(help="A folder written by netslim compress.")]) -> None:
     """Show the recipe, protocol and results stored in a netslim output folder."""
-    from netslim.export.load import read_marker  # noqa: PLC0415
+    from netslim.export.load import read_marker, read_report  # noqa: PLC0415
 
     marker = _run(read_marker, folder)
-    report_file = folder / "report.json"
+    report = _run(read_report, folder)
     console.print(f"[bold]{folder}[/bold]  format {marker['format']}, netslim {marker['netslim_version']}, source {marker['source']}")
     for stage in marker["recipe"]:
         console.print("  stage: " + json.dumps(stage))
     _print_storage(folder, marker.get("storage", {}).get("summary"))
-    if report_file.is_file():
-        _print_summary(json.loads(report_file.read_text(encoding="utf-8")))
+    if report is not None:
+        try:
+            _print_summary(report)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            _fail(f"'{folder / 'report.json'}' lacks the results netslim info shows; the folder is damaged")
 
 
 @app.command(epilog="Example:\n\n  netslim demo")
@@ -154,7 +170,8 @@ def demo(
     from netslim.job import Protocol, compress_job  # noqa: PLC0415
 
     console.print("netslim demo: Wanda 50% on SmolLM2-135M, WikiText-2 (seqlen 512, 64 calibration / 80 test windows)")
-    result = _run(compress_job, "smollm2-135m", [{"method": "wanda", "sparsity": 0.5}], out, Protocol(), overwrite)
+    result = _run(compress_job, "smollm2-135m", [{"method": "wanda", "sparsity": 0.5}], out, Protocol(), overwrite,
+                  resumable=True)
     _print_summary(result.report)
     console.print(f"wrote {out} (model, recipe.yaml, report.json, report.md)")
 
@@ -199,11 +216,14 @@ def _print_summary(report: dict) -> None:
     for column in ("", "perplexity", "parameters", "non-zero", "seconds"):
         table.add_column(column, justify="right")
     base, comp = report["baseline"], report["compressed"]
-    table.add_row("dense", f"{base['ppl']:.3f}", f"{base['params']:,}", f"{base['nonzero_params']:,}", "")
-    table.add_row("compressed", f"{comp['ppl']:.3f}", f"{comp['params']:,}", f"{comp['nonzero_params']:,}",
+    table.add_row("dense", _ppl(base["ppl"]), f"{base['params']:,}", f"{base['nonzero_params']:,}", "")
+    table.add_row("compressed", _ppl(comp["ppl"]), f"{comp['params']:,}", f"{comp['nonzero_params']:,}",
                   f"{report['compress_seconds']:.1f}")
     console.print(table)
 
+
+def _ppl(value: float | None) -> str:
+    return "not finite" if value is None else f"{value:.3f}"
 
 
 def _print_channels_summary(report: dict) -> None:

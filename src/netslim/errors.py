@@ -35,6 +35,18 @@ class OutputExistsError(NetslimError, FileExistsError):
     """The output folder exists and overwriting was not asked for."""
 
 
+class ModelFileError(NetslimError, ValueError):
+    """A model or tokenizer file exists but cannot be used: corrupt, truncated or not what its name says."""
+
+
+class CustomCodeError(UnsupportedModelError):
+    """The model asks to run its own Python code (an ``auto_map``), which netslim never does."""
+
+
+class ArtifactError(NetslimError):
+    """A netslim output folder is damaged or foreign: a file is missing, truncated or inconsistent."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

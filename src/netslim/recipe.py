@@ -35,7 +35,15 @@ def parse_recipe(recipe: RecipeLike) -> list[MethodConfig]:
     Raises:
         ConfigError: naming the stage and the problem.
     """
-    stages = [recipe] if isinstance(recipe, (MethodConfig, Mapping)) else list(recipe)
+    if isinstance(recipe, (str, bytes, os.PathLike)):
+        raise ConfigError(f"a recipe is a config, a stage mapping or a list of them, not the string {str(recipe)!r}; "
+                          "for a file use netslim.load_recipe(path), for one method {'method': 'wanda', ...}")
+    if isinstance(recipe, (MethodConfig, Mapping)):
+        stages = [recipe]
+    elif isinstance(recipe, Sequence):
+        stages = list(recipe)
+    else:
+        raise ConfigError(f"a recipe is a config, a stage mapping or a list of them, got {type(recipe).__name__}")
     if not stages:
         raise ConfigError("the recipe is empty; give at least one stage, e.g. {method: wanda, sparsity: 0.5}")
     where = (lambda i: f"stage {i + 1}: ") if len(stages) > 1 else (lambda i: "")
@@ -52,15 +60,20 @@ def load_recipe(path: str | os.PathLike) -> list[MethodConfig]:
     file = Path(path)
     if not file.is_file():
         raise DataNotFoundError(f"recipe file '{path}' not found")
-    text = file.read_text(encoding="utf-8")
     try:
+        text = file.read_text(encoding="utf-8")
         data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe '{path}' is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"recipe '{path}' does not parse: {str(exc).splitlines()[0]}") from None
     if data is None:
         raise ConfigError(f"recipe '{path}' is empty")
     if isinstance(data, Mapping) and "stages" in data:
         data = data["stages"]
+    if not isinstance(data, (Mapping, list)):
+        raise ConfigError(f"recipe '{path}' must hold a list of stages such as '- method: wanda', "
+                          f"not a {type(data).__name__}")
     return parse_recipe(data)
 
 

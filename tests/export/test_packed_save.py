@@ -116,8 +116,10 @@ def test_format_is_honest_about_plain_transformers(tmp_path):
     assert not (tmp_path / "packed" / "model.safetensors").exists()
     with pytest.raises(OSError):  # refuses, rather than loading random weights
         T.AutoModelForCausalLM.from_pretrained(tmp_path / "packed")
-    netslim.save(_result(quantize_model(wide_llama(), 4, 128)), tmp_path / "qdense", format="dense")
-    assert read_marker(tmp_path / "qdense")["format"] == "modules"
+    quantized = quantize_model(wide_llama(), 4, 128)
+    netslim.save(_result(quantized), tmp_path / "qdense", format="dense")  # as dequantized Linear weights
+    assert read_marker(tmp_path / "qdense")["format"] == "dense"
+    assert torch.equal(logits(T.AutoModelForCausalLM.from_pretrained(tmp_path / "qdense")), logits(quantized))
 
 
 def test_dense_model_in_auto_format_stays_plain_transformers(tmp_path):

@@ -129,7 +129,7 @@ def test_nonuniform_or_compensated_result_round_trips_through_netslim_load(tmp_p
     cfg = netslim.WidthConfig(ratio=0.4, score="flap", allocation=allocation, gqa="query")
     result = netslim.compress(model, cfg, calibration=token_windows, progress=False)
     netslim.save(result, tmp_path / "out")
-    assert read_marker(tmp_path / "out")["format"] == "modules"  # o_proj/down_proj biases
+    assert read_marker(tmp_path / "out")["format"] == "packed"  # o_proj/down_proj biases: netslim.load only
     loaded = netslim.load(tmp_path / "out").model
     torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits)
     assert loaded.generate(IDS[:1, :4], max_new_tokens=3, do_sample=False).shape == (1, 7)
@@ -139,7 +139,7 @@ def test_opt_uniform_result_needs_netslim_load_and_round_trips(tmp_path, token_w
     model = tiny_model("opt")  # OPT's config ties head_dim to hidden_size / heads: it cannot say "fewer heads"
     result = netslim.compress(model, netslim.WidthConfig(ratio=0.4, score="wanda"), calibration=token_windows, progress=False)
     netslim.save(result, tmp_path / "out")
-    assert read_marker(tmp_path / "out")["format"] == "modules"
+    assert read_marker(tmp_path / "out")["format"] == "packed"
     loaded = netslim.load(tmp_path / "out").model
     torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits)
 

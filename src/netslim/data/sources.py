@@ -1,23 +1,43 @@
-"""Where text comes from: a local file, or WikiText-2 (local copy first, the hub when online).
+"""Where text comes from: a local file, the WikiText-2 copy shipped with netslim, or the hub.
 
-A source is named by a string: a path to a text file, or ``wikitext2`` / ``wikitext2:test`` /
-``wikitext2:valid``. WikiText-2 is looked up in this order: the folder in the
-``NETSLIM_WIKITEXT2`` environment variable, a ``shared/data/wikitext-2`` or
-``data/wikitext-2`` folder beside the current directory or one of its parents, then the
-Hugging Face dataset ``wikitext-2-raw-v1`` (needs the ``datasets`` package and a network).
+A source is named by a string:
+
+    path/to/file.txt        a UTF-8 text file (a UTF-8 byte-order mark is dropped)
+    wikitext2[:test|valid]  WikiText-2, the word-level tokenized release ("wikitext-2-v1":
+                            ``<unk>`` for rare words, numbers split as ``@-@ @,@ @.@``),
+                            read from the copy packaged in ``netslim/data/wikitext2``
+                            (CC BY-SA 3.0, Merity et al. 2016; see the README there). The
+                            train split is not shipped.
+    wikitext2-raw[:split]   the raw release ``wikitext-2-raw-v1`` from the Hugging Face hub
+                            (test, valid or train; needs the ``datasets`` package and a network)
+
+The environment variable ``NETSLIM_WIKITEXT2`` overrides the packaged copy: a folder holding
+``test.txt`` / ``valid.txt`` (and ``train.txt`` for ``wikitext2:train``). No other place is
+searched: the packaged copy keeps the evaluation the same on every machine.
+
+Example:
+    >>> resolve_text("wikitext2:test").name
+    'wikitext2:test (packaged word-level release)'
 """
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from netslim.errors import DataNotFoundError
 
 WIKITEXT2 = "wikitext2"
-_SPLITS = {"test": "test", "valid": "validation", "validation": "validation", "train": "train"}
-_LOCAL_NAMES = {"test": "test.txt", "validation": "valid.txt", "train": "train.txt"}
+WIKITEXT2_RAW = "wikitext2-raw"
+_SPLITS = {"test": "test", "valid": "valid", "validation": "valid", "train": "train"}
+_LOCAL_NAMES = {"test": "test.txt", "valid": "valid.txt", "train": "train.txt"}
+_PACKAGED = {"test": "test.txt.gz", "valid": "valid.txt.gz"}
+_HUB_SPLITS = {"test": "test", "valid": "validation", "train": "train"}
+_SPELLINGS = "a .txt file, 'wikitext2[:test|valid]' or 'wikitext2-raw[:test|valid|train]'"
 
 
 @dataclass(frozen=True)
@@ -32,60 +52,108 @@ def resolve_text(source: str | os.PathLike, default_split: str = "test") -> Text
     """Resolve a source string to text.
 
     Args:
-        source: A text file path, or ``wikitext2[:split]``.
-        default_split: Split used when ``wikitext2`` names none.
+        source: A UTF-8 text file path, ``wikitext2[:split]`` or ``wikitext2-raw[:split]``.
+        default_split: Split used when the WikiText-2 name gives none.
 
     Raises:
-        DataNotFoundError: if the file or dataset cannot be found.
+        DataNotFoundError: if the file or dataset cannot be found, the file is not UTF-8
+            or holds no text, or the split is not available.
     """
     spec = str(source)
-    if spec == WIKITEXT2 or spec.startswith(WIKITEXT2 + ":"):
-        split = spec.split(":", 1)[1] if ":" in spec else default_split
-        return _wikitext2(split)
+    for dataset in (WIKITEXT2_RAW, WIKITEXT2):
+        if spec == dataset or spec.startswith(dataset + ":"):
+            split = spec.split(":", 1)[1] if ":" in spec else default_split
+            return _wikitext2(split) if dataset == WIKITEXT2 else _wikitext2_raw(split)
     path = Path(spec).expanduser()
     if not path.is_file():
+        raise DataNotFoundError(f"text file '{spec}' not found; pass {_SPELLINGS}")
+    return TextSource(name=str(path), text=read_text_file(path))
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file (newlines normalized to ``\\n``, a leading BOM dropped).
+
+    Raises:
+        DataNotFoundError: if the file cannot be read, is not valid UTF-8 (naming the byte
+            offset) or holds only whitespace.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataNotFoundError(f"cannot read text file '{path}' ({exc.strerror or type(exc).__name__})") from None
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = skip + exc.start
         raise DataNotFoundError(
-            f"text file '{spec}' not found; pass an existing .txt file or 'wikitext2[:test|valid]'"
-        )
-    return TextSource(name=str(path), text=path.read_text(encoding="utf-8", errors="replace"))
+            f"text file '{path}' is not UTF-8: byte 0x{data[offset]:02x} at offset {offset} is invalid; "
+            "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    if not text.strip():
+        raise DataNotFoundError(f"text file '{path}' is empty or holds only whitespace; pass a file with text")
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # what text-mode reading did before
+
+
+def _split(dataset: str, split: str) -> str:
+    if split not in _SPLITS:
+        allowed = "test, valid or train" if dataset == WIKITEXT2_RAW else "test or valid"
+        raise DataNotFoundError(f"unknown WikiText-2 split '{split}' in '{dataset}:{split}'; use {allowed}")
+    return _SPLITS[split]
 
 
 def _wikitext2(split: str) -> TextSource:
-    if split not in _SPLITS:
-        raise DataNotFoundError(f"unknown WikiText-2 split '{split}'; use test, valid or train")
-    hf_split = _SPLITS[split]
-    folder = _local_wikitext2_folder()
-    if folder is not None and (folder / _LOCAL_NAMES[hf_split]).is_file():
-        path = folder / _LOCAL_NAMES[hf_split]
-        return TextSource(name=f"wikitext2:{split} ({path})", text=path.read_text(encoding="utf-8"))
-    return _wikitext2_from_hub(hf_split)
-
-
-def _local_wikitext2_folder() -> Path | None:
+    split = _split(WIKITEXT2, split)
     env = os.environ.get("NETSLIM_WIKITEXT2")
     if env:
-        return Path(env).expanduser()
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        for candidate in (folder / "shared/data/wikitext-2", folder / "data/wikitext-2"):
-            if candidate.is_dir():
-                return candidate
-    return None
+        path = Path(env).expanduser() / _LOCAL_NAMES[split]
+        if not path.is_file():
+            raise DataNotFoundError(
+                f"NETSLIM_WIKITEXT2 is set to '{env}', which holds no {_LOCAL_NAMES[split]}; put the file "
+                "there or unset NETSLIM_WIKITEXT2 to use the packaged copy"
+            )
+        return TextSource(name=f"wikitext2:{split} ({path})", text=read_text_file(path))
+    if split not in _PACKAGED:
+        raise DataNotFoundError(
+            "wikitext2:train is not shipped with netslim (only test and valid are); use wikitext2-raw:train "
+            "(needs `pip install datasets` and a network) or a .txt file"
+        )
+    return TextSource(name=f"wikitext2:{split} (packaged word-level release)", text=packaged_wikitext2(split))
 
 
-def _wikitext2_from_hub(split: str) -> TextSource:
+def packaged_wikitext2(split: str) -> str:
+    """The WikiText-2 ``test`` or ``valid`` split shipped with netslim (word-level release).
+
+    Raises:
+        DataNotFoundError: if the split is not shipped or the install lacks the data file.
+    """
+    if split not in _PACKAGED:
+        raise DataNotFoundError(f"netslim ships the WikiText-2 splits {sorted(_PACKAGED)}, not '{split}'")
+    resource = resources.files("netslim.data").joinpath("wikitext2", _PACKAGED[split])
+    try:
+        return gzip.decompress(resource.read_bytes()).decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:  # a broken or partial install
+        raise DataNotFoundError(
+            f"the packaged WikiText-2 file {_PACKAGED[split]} is missing or damaged ({type(exc).__name__}); "
+            "reinstall netslim, or set NETSLIM_WIKITEXT2 to a folder holding test.txt/valid.txt"
+        ) from None
+
+
+def _wikitext2_raw(split: str) -> TextSource:
+    split = _split(WIKITEXT2_RAW, split)
     try:
         import datasets  # noqa: PLC0415  (optional dependency)
     except ImportError:
         raise DataNotFoundError(
-            "WikiText-2 not found locally; set NETSLIM_WIKITEXT2 to a folder holding "
-            "test.txt/valid.txt, or `pip install datasets` to fetch it from the hub"
+            f"wikitext2-raw:{split} is fetched from the Hugging Face hub and needs the datasets package "
+            "(pip install 'netslim[hub]') and a network; wikitext2:test|valid is shipped with netslim"
         ) from None
     try:
-        rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
+        rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=_HUB_SPLITS[split])
     except Exception as exc:  # the hub raises many types when offline
         raise DataNotFoundError(
-            f"could not fetch WikiText-2 from the hub ({type(exc).__name__}); set "
-            "NETSLIM_WIKITEXT2 to a local folder holding test.txt/valid.txt"
+            f"could not fetch wikitext-2-raw-v1 from the hub ({type(exc).__name__}); check the network, or use "
+            "wikitext2:test|valid (shipped with netslim) or a .txt file"
         ) from None
-    return TextSource(name=f"wikitext2:{split} (hub wikitext-2-raw-v1)", text="\n\n".join(rows["text"]))
+    return TextSource(name=f"wikitext2-raw:{split} (hub wikitext-2-raw-v1)", text="\n\n".join(rows["text"]))

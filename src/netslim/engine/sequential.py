@@ -12,6 +12,7 @@ Stages of layer or block scope run together in one pass over the blocks; a model
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def run_stages(
     calibration: TokenWindows | None,
     progress: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
+    timing: dict[str, float] | None = None,
 ) -> list[dict]:
     """Apply ``stages`` to the adapter's model in place and return the per-layer records.
 
@@ -64,6 +66,9 @@ def run_stages(
             model, recipe and calibration data) with the same folder resumes after the last
             finished block. Only recipes that run as a single pass of layer-scope stages are
             checkpointed; others run without.
+        timing: If given, receives ``"restored_seconds"``: the compression seconds that
+            earlier interrupted runs spent on the blocks restored from the checkpoint (0.0 if
+            none), to add to this run's wall time for the job's total.
 
     Raises:
         ConfigError: if a stage needs calibration data and none was given, or a compensation
@@ -87,6 +92,8 @@ def run_stages(
                     _sequential_pass(adapter, group, calibration, log, progress, checkpoint)
     finally:
         model.train(was_training)
+    if timing is not None:
+        timing["restored_seconds"] = checkpoint.restored_seconds if checkpoint is not None else 0.0
     return log.as_list()
 
 
@@ -148,9 +155,10 @@ def _checkpoint(adapter, stages, calibration, folder) -> Checkpoint | None:
     """A checkpoint for this job, if a folder is given and the recipe is one layer-scope pass."""
     if folder is None or any(get_method(cfg.method).scope is not Scope.LAYER for cfg in stages):
         return None
+    started = time.perf_counter()
     recipe = [cfg.model_dump(mode="json") for cfg in stages]
     fingerprint = job_fingerprint(adapter, recipe, calibration.ids if calibration is not None else None)
-    return Checkpoint(Path(folder) / fingerprint[:16], fingerprint)
+    return Checkpoint(Path(folder) / fingerprint[:16], fingerprint, started)
 
 
 def _sequential_pass(
@@ -167,10 +175,9 @@ def _sequential_pass(
     hidden, calls = capture_block_inputs(adapter, calibration.ids) if needs_data else (None, [])
     start = 0
     if checkpoint is not None:
-        start, restored, records = checkpoint.restore(adapter)
+        start, hidden, records, _ = checkpoint.restore(adapter, hidden)
         if start:
             log.records = {r["name"]: r for r in records}
-            hidden = restored if needs_data else None
     names = "+".join(cfg.method for cfg in stages)
     snapshot = any(cfg.needs_original for cfg in stages)
     blocks = range(start, adapter.num_blocks)

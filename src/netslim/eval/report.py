@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (a NaN or infinite perplexity) replaced by
+    ``None``, so that ``json.dumps(..., allow_nan=False)`` writes valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -52,8 +65,9 @@ def _stage(stage: dict[str, Any]) -> str:
 
 
 def _row(label: str, side: dict[str, Any]) -> str:
+    ppl = "n/a (not finite)" if side["ppl"] is None else f"{side['ppl']:.3f}"
     return (
-        f"| {label} | {side['ppl']:.3f} | {side['params']:,} | {side['nonzero_params']:,} | "
+        f"| {label} | {ppl} | {side['params']:,} | {side['nonzero_params']:,} | "
         f"{side['size_bytes'] / 1e6:.1f} |"
     )
 

@@ -17,10 +17,12 @@ words: value ``k`` of the run occupies bits ``[k*bits, (k+1)*bits)`` of the run'
 ``32*bits``-bit little-endian stream, so 3-bit values cross word boundaries and no bit is
 wasted. Any width from 1 to 16 bits works the same way.
 
-Floating-point values (``dense`` data, ``bitmask``/``nm`` values) are stored in the artifact's
-value dtype: by default (``dtype=None``) each tensor's own dtype, so the artifact is exact;
-``dtype=torch.float16`` halves float32 weights at a relative error <= 2^-11. A tensor whose
-values overflow the value dtype keeps its own dtype. Integer-valued tensors are always exact.
+Floating-point values (``dense`` data, ``bitmask``/``nm`` values) are stored in the value
+dtype chosen for the tensor (:func:`netslim.export.storage.value_dtypes`): ``None`` keeps its
+own dtype, exact; ``torch.float16`` halves float32 weights at a relative error <= 2^-11. A
+tensor whose values overflow the value dtype keeps its own dtype (:func:`store_values`).
+Integer-valued tensors are always exact. :func:`decode` checks every record against its
+parts, so a damaged or foreign file fails instead of decoding to wrong values.
 """
 
 from __future__ import annotations
@@ -76,10 +78,26 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _dtype(name: str) -> torch.dtype:
-    return getattr(torch, name)
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype {name!r} is unknown to this netslim")
+    return dtype
 
 
-def _store_values(values: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+def _count(record: dict, key: str, high: int = 1 << 16) -> int:
+    """``record[key]``, checked to be an integer from 1 to ``high``."""
+    value = record[key]
+    if not isinstance(value, int) or not 1 <= value <= high:
+        raise ValueError(f"'{key}' must be an integer from 1 to {high}, not {value!r}")
+    return value
+
+
+def _words(count: int, bits: int) -> int:
+    """int32 words that :func:`pack_bits` makes of ``count`` values of ``bits`` bits."""
+    return math.ceil(count / _WORD) * bits
+
+
+def store_values(values: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     """``values`` in the value dtype, unless that would overflow them (then unchanged)."""
     if not values.is_floating_point() or dtype is None or values.dtype == dtype:
         return values.contiguous()
@@ -125,7 +143,7 @@ def encode(tensor: torch.Tensor, codec: str, dtype: torch.dtype | None) -> tuple
     """
     tensor = tensor.detach().cpu()
     if codec == "dense":
-        data = _store_values(tensor, dtype)
+        data = store_values(tensor, dtype)
         return {"data": data}, _record("dense", tensor, stored=_dtype_name(data.dtype))
     if codec == "lowbit":
         bits = integer_bits(tensor)
@@ -134,7 +152,7 @@ def encode(tensor: torch.Tensor, codec: str, dtype: torch.dtype | None) -> tuple
         return {"words": pack_bits(tensor, bits)}, _record("lowbit", tensor, bits=bits)
     if codec == "bitmask":
         mask = tensor != 0
-        values = _store_values(tensor[mask], dtype)
+        values = store_values(tensor[mask], dtype)
         return {"mask": pack_bits(mask, 1), "values": values}, _record("bitmask", tensor)
     if codec == "nm":
         return _encode_nm(tensor, dtype)
@@ -150,32 +168,65 @@ def _encode_nm(tensor: torch.Tensor, dtype: torch.dtype | None) -> tuple[dict[st
     # The N kept positions of each group: its non-zeros first, then the first zeros, in order.
     order = torch.argsort((groups == 0).to(torch.int8), dim=-1, stable=True)[..., :n]
     kept = order.sort(dim=-1).values
-    values = _store_values(groups.gather(-1, kept), dtype)
+    values = store_values(groups.gather(-1, kept), dtype)
     index_bits = max(1, math.ceil(math.log2(m)))
     return ({"values": values, "indices": pack_bits(kept, index_bits)},
             _record("nm", tensor, n=n, m=m, index_bits=index_bits))
 
 
+def _part_sizes(record: dict, shape: list[int]) -> dict[str, int | None]:
+    """Element count of each part the record's codec stores (``None``: checked on decode)."""
+    codec, numel = record["codec"], math.prod(shape)
+    if codec == "dense":
+        return {"data": numel}
+    if codec == "lowbit":
+        return {"words": _words(numel, _count(record, "bits", 16))}
+    if codec == "bitmask":
+        return {"mask": _words(numel, 1), "values": None}  # one value per set mask bit
+    if codec == "nm":
+        n, m = _count(record, "n"), _count(record, "m")
+        if len(shape) != 2 or shape[1] % m or n > m:
+            raise ValueError(f"an {n}:{m} pattern does not fit shape {shape}")
+        kept = shape[0] * shape[1] // m * n
+        return {"values": kept, "indices": _words(kept, _count(record, "index_bits", 16))}
+    raise ConfigError(f"storage codec '{codec}' is unknown to this netslim; upgrade netslim")
+
+
 def decode(parts: dict[str, torch.Tensor], record: dict) -> torch.Tensor:
-    """Inverse of :func:`encode`: the tensor in its original shape and dtype."""
-    shape, dtype, codec = torch.Size(record["shape"]), _dtype(record["dtype"]), record["codec"]
-    numel = shape.numel()
+    """Inverse of :func:`encode`: the tensor in its original shape and dtype.
+
+    Raises:
+        ValueError: if the record is malformed or does not match its parts (a damaged or
+            foreign file); a :class:`ConfigError` for a codec this netslim does not know.
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"the record {record!r} is not an object")
+    shape, dtype, codec = record["shape"], _dtype(record["dtype"]), record["codec"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"shape {shape!r} is not a list of sizes")
+    sizes = {name: part.numel() for name, part in parts.items()}
+    expected = _part_sizes(record, shape)
+    if sizes.keys() != expected.keys() or any(n is not None and sizes[k] != n for k, n in expected.items()):
+        raise ValueError(f"parts {sizes} do not match shape {shape} under codec '{codec}'")
+    numel = math.prod(shape)
     if codec == "dense":
         return parts["data"].to(dtype).reshape(shape)
     if codec == "lowbit":
         return unpack_bits(parts["words"], record["bits"], numel).to(dtype).reshape(shape)
     if codec == "bitmask":
         mask = unpack_bits(parts["mask"], 1, numel).bool()
+        if int(mask.sum()) != sizes["values"]:
+            raise ValueError(f"{sizes['values']} values for a mask of {int(mask.sum())} non-zeros")
         out = torch.zeros(numel, dtype=dtype)
-        out[mask] = parts["values"].to(dtype)
+        out[mask] = parts["values"].reshape(-1).to(dtype)
         return out.reshape(shape)
-    if codec == "nm":
-        m = record["m"]
-        values = parts["values"].to(dtype)  # (out, in/m, n)
-        kept = unpack_bits(parts["indices"], record["index_bits"], values.numel()).view(values.shape)
-        out = torch.zeros(shape[0], shape[1] // m, m, dtype=dtype)
-        return out.scatter_(-1, kept, values).reshape(shape)
-    raise ConfigError(f"storage codec '{codec}' is unknown to this netslim; upgrade netslim")
+    m, n = record["m"], record["n"]
+    values = parts["values"].to(dtype).reshape(shape[0], shape[1] // m, n)
+    kept = unpack_bits(parts["indices"], record["index_bits"], values.numel()).view(values.shape)
+    if values.numel() and int(kept.max()) >= m:
+        raise ValueError(f"N:M indices exceed M = {m}")
+    out = torch.zeros(shape[0], shape[1] // m, m, dtype=dtype)
+    return out.scatter_(-1, kept, values).reshape(shape)
 
 
 # --- automatic choice ---------------------------------------------------------------------
@@ -185,13 +236,13 @@ def encoded_bytes(tensor: torch.Tensor, codec: str, dtype: torch.dtype | None) -
     numel = tensor.numel()
     value = torch.empty((), dtype=dtype or tensor.dtype).element_size()
     if codec == "lowbit":
-        return math.ceil(numel / _WORD) * integer_bits(tensor) * 4
+        return _words(numel, integer_bits(tensor)) * 4
     if codec == "bitmask":
-        return math.ceil(numel / _WORD) * 4 + int(torch.count_nonzero(tensor)) * value
+        return _words(numel, 1) * 4 + int(torch.count_nonzero(tensor)) * value
     if codec == "nm":
         n, m = nm_pattern(tensor)
         kept = numel * n // m
-        return kept * value + math.ceil(kept / _WORD) * max(1, math.ceil(math.log2(m))) * 4
+        return kept * value + _words(kept, max(1, math.ceil(math.log2(m)))) * 4
     return numel * (value if tensor.is_floating_point() else tensor.element_size())
 
 

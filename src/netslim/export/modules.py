@@ -16,10 +16,15 @@ which receives the freshly built module in place of ``from_spec``'s empty one.
 :func:`rebuild_modules` replaces the freshly built model's modules before the saved state
 dict is loaded. Plain ``nn.Linear`` modules whose shape differs from what the config builds
 (structured pruning) use the built-in ``linear`` kind.
+
+Every kind is listed in :data:`KIND_MODULES` with the module that defines it, which is
+imported on the first lookup of the kind: a fresh process that only imports ``netslim``
+loads any folder, and registering a kind missing from the table fails at import.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Protocol
 
 from torch import nn
@@ -36,13 +41,30 @@ class RebuildableModule(Protocol):
     def from_spec(cls, spec: dict) -> nn.Module: ...
 
 
+# Kind -> the module defining its class (imported on demand by :func:`module_kind`).
+KIND_MODULES = {
+    "quantized": "netslim.nn.quantized",
+    "factorized_linear": "netslim.nn.lowrank",
+    "lowrank_compensated": "netslim.nn.lowrank",
+    "unscaled_rmsnorm": "netslim.models.sliced",
+    "embedding": "netslim.models.sliced",
+    "sliced_decoder_layer": "netslim.models.sliced",
+}
 _KINDS: dict[str, type] = {}
 
 
 def register_module_kind(kind: str):
-    """Class decorator registering a rebuildable module class under ``kind``."""
+    """Class decorator registering a rebuildable module class under ``kind``.
+
+    Raises:
+        NetslimError: if ``kind`` is not listed in :data:`KIND_MODULES` with the class's
+            module (netslim.load would not find it), or is taken by another class.
+    """
 
     def decorator(cls: type) -> type:
+        if KIND_MODULES.get(kind) != cls.__module__:
+            raise NetslimError(f"module kind '{kind}' of {cls.__module__} must be listed in "
+                               "netslim.export.modules.KIND_MODULES so that netslim.load finds it")
         if kind in _KINDS and _KINDS[kind] is not cls:
             raise NetslimError(f"module kind '{kind}' is already registered")
         _KINDS[kind] = cls
@@ -50,6 +72,13 @@ def register_module_kind(kind: str):
         return cls
 
     return decorator
+
+
+def module_kind(kind: str) -> type | None:
+    """The class registered under ``kind``, importing its module first; ``None`` if unknown."""
+    if kind not in _KINDS and kind in KIND_MODULES:
+        importlib.import_module(KIND_MODULES[kind])
+    return _KINDS.get(kind)
 
 
 def _linear_spec(module: nn.Linear) -> dict:
@@ -77,8 +106,9 @@ def build_module(spec: dict) -> nn.Module:
     kind = spec.pop("kind")
     if kind == "linear":
         return nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"])
-    if kind in _KINDS:
-        return _KINDS[kind].from_spec(spec)
+    cls = module_kind(kind)
+    if cls is not None:
+        return cls.from_spec(spec)
     raise NetslimError(f"module kind '{kind}' is unknown to this netslim; upgrade netslim")
 
 
@@ -127,7 +157,7 @@ def rebuild_modules(model: nn.Module, specs: dict[str, dict]) -> None:
             for key, value in spec["attrs"].items():
                 setattr(model.get_submodule(name), key, value)
             continue
-        wrap = getattr(_KINDS.get(spec["kind"]), "wrap", None)
+        wrap = getattr(module_kind(spec["kind"]), "wrap", None)
         # A wrapper kind (e.g. a sliced decoder block) adopts the module the config built.
         new = wrap(model.get_submodule(name), spec) if wrap else build_module(spec)
         parent_name, _, attr = name.rpartition(".")

@@ -1,25 +1,42 @@
-"""Saving a compression result as a folder that ``transformers`` and netslim both load.
+"""Saving a compression result as a folder that netslim loads, and plain ``transformers`` too
+where it can express the model.
 
 Folder layout:
-    config.json, model.safetensors   the model (``AutoModelForCausalLM.from_pretrained`` works)
+    config.json                      the model's config
+    model.safetensors                the weights, in the ``dense`` format
+    netslim.safetensors              the weights, in the ``packed`` format
     tokenizer files                  when a tokenizer is known
     recipe.yaml                      the validated recipe, every setting spelled out
     report.json, report.md           when the result carries a report
-    netslim.json                     format marker and the modules netslim.load must rebuild
+    netslim.json                     format marker, the modules netslim.load must rebuild and
+                                     the storage records of ``netslim.safetensors``
 
 Storage formats (``netslim.json`` ``format``), see docs/second_order.md:
-    dense    ``model.safetensors`` as ``save_pretrained`` writes it; plain
-             ``AutoModelForCausalLM.from_pretrained`` loads it.
-    modules  the same file, but compression left modules the config cannot build (quantized,
-             factorized, resized layers), so :func:`netslim.load` is needed.
+    dense    ``model.safetensors`` as ``save_pretrained`` writes it, in the model's own
+             dtype; plain ``AutoModelForCausalLM.from_pretrained`` loads it and computes the
+             same logits. A quantized layer is written as the ``nn.Linear`` weight it
+             computes with (dequantized); a model with other modules the config cannot build
+             (factorized, compensated or sliced layers, resized layers, added biases) cannot
+             be written dense.
     packed   ``netslim.safetensors``: each tensor encoded by a codec (bit-packed codes,
-             bitmask or N:M sparse values) so the folder is really smaller; netslim.load only.
+             bitmask or N:M sparse values, or as is where no codec gains), so the folder is
+             really smaller; :func:`netslim.load` only. Plain ``transformers`` finds no
+             weights there and refuses the folder rather than loading random weights.
+    modules  written by older netslim versions: ``model.safetensors`` holding modules the
+             config cannot build; still read by :func:`netslim.load`.
 
-``format="auto"`` (the default) keeps a model that plain ``transformers`` can build (pruned
-weights) in the ``dense`` layout, and packs a model that needs :func:`netslim.load` anyway
-(quantized or factorized layers) when a codec makes some tensor smaller;
-``format="packed"`` packs always (sparse weights as bitmask or N:M values: really smaller on
-disk); ``format="dense"`` never packs.
+``format="auto"`` (the default) writes ``dense`` for a model that plain ``transformers`` builds
+from its config (pruned weights, uniform width or depth pruning) and ``packed`` for any
+model that needs :func:`netslim.load`; ``format="packed"`` packs always (sparse weights as
+bitmask or N:M values: really smaller on disk); ``format="dense"`` never packs.
+
+Value dtype (``dtype``, packed file only): by default (``"auto"``) a model with quantized
+layers stores its other 32-bit floating tensors (embeddings, LM head, norms, unquantized
+layers) in float16 (bfloat16 for a bfloat16 model), while the quantized layers' codes,
+scales, zeros and bias stay exact; every other model is stored exactly. ``dtype=None`` is
+exact for every model; ``dtype=torch.float16`` rounds every floating tensor, the quantized
+layers' scales included. :func:`round_for_storage` applies the same rounding to a model in
+memory, so that a model evaluated after it equals the saved one bit for bit.
 """
 
 from __future__ import annotations
@@ -38,10 +55,10 @@ from netslim.eval.size import folder_weight_bytes
 from netslim.export.atomic import atomic_folder
 from netslim.export.modules import module_specs
 from netslim.export.storage import (
-    decoder_linears, dense_records, plan_codecs, storage_summary, unique_state, write_packed,
+    check_codecs, decoder_linears, dense_records, plan_codecs, round_values, storage_summary, unique_state,
+    value_dtypes, write_packed,
 )
 from netslim.models.loading import NETSLIM_MARKER
-from netslim.recipe import dump_recipe, recipe_data
 
 if TYPE_CHECKING:
     from netslim.api import CompressionResult
@@ -62,7 +79,7 @@ def save(
     path: str | os.PathLike,
     overwrite: bool = False,
     format: str = "auto",  # noqa: A002  (the user-facing name)
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = "auto",
     codecs: dict[str, str] | None = None,
 ) -> Path:
     """Write ``result`` to folder ``path`` atomically and return the path.
@@ -70,39 +87,42 @@ def save(
     Args:
         format: ``"packed"`` packs tensors where a codec makes them smaller; ``"dense"``
             writes the plain ``transformers`` layout; ``"auto"`` packs only a model that
-            plain ``transformers`` cannot load anyway.
-        dtype: Value dtype of floating tensors in a packed file: ``None`` keeps each
-            tensor's own (exact); ``torch.float16`` halves float32 weights, rounding them.
-            The dense layout keeps the model's own dtype.
+            plain ``transformers`` cannot load.
+        dtype: Value dtype of floating tensors in a packed file: ``"auto"`` float16 for the
+            non-quantized tensors of a model with quantized layers, exact otherwise;
+            ``None`` keeps each tensor's own (exact); a floating dtype (``torch.float16``)
+            applies to every floating tensor, scales of quantized layers included. The
+            dense layout keeps the model's own dtype.
         codecs: Per-tensor overrides for packing, ``fnmatch`` pattern -> codec name.
 
     Raises:
         OutputExistsError: if ``path`` exists and ``overwrite`` is false.
-        ConfigError: for an unknown format or codec.
+        ConfigError: for an unknown format, codec or dtype, or ``format="dense"`` for a
+            model that plain ``transformers`` cannot express.
     """
-    if format not in FORMATS:
-        raise ConfigError(f"unknown storage format '{format}'; use one of {', '.join(FORMATS)}")
+    # netslim.recipe imports the methods, which import the module kinds, which import netslim.export
+    from netslim.recipe import dump_recipe, recipe_data  # noqa: PLC0415
+
+    check_codecs(codecs)
     model = result.model
-    modules = module_specs(model, _reference_model(model))
-    state, aliases = unique_state(model)
-    # auto: pack a model that needs netslim.load anyway, and only if a codec gains something
-    chosen = "dense" if format == "dense" or (format == "auto" and not modules) else "packed"
-    plan = plan_codecs(state, chosen, dtype, codecs)
-    packed = format == "packed" or (chosen == "packed" and any(c != "dense" for c in plan.values()))
-    with atomic_folder(path, overwrite) as tmp:
+    modules, packed, dtypes = _layout(model, format, dtype)
+    state, aliases = unique_state(model.state_dict())
+    plan = plan_codecs(state, dtypes, codecs) if packed else {}
+    with atomic_folder(path, overwrite, inputs=[result.source]) as tmp:
         if packed:
-            storage = _write_packed_model(model, state, aliases, plan, dtype, tmp)
+            storage = _write_packed_model(model, state, aliases, plan, dtypes, tmp)
         else:
-            model.save_pretrained(tmp, safe_serialization=True)
-            storage = {"summary": storage_summary(dense_records(state), decoder_linears(model))}
+            plain = _plain_state(model, modules)
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=plain)
+            storage = {"summary": storage_summary(dense_records(unique_state(plain)[0]), decoder_linears(model))}
         if result.tokenizer is not None:
             result.tokenizer.save_pretrained(tmp)
         (tmp / "recipe.yaml").write_text(dump_recipe(result.recipe), encoding="utf-8")
         marker = {
             "netslim_version": __version__,
-            # "dense": plain transformers can load it; "modules" and "packed" need netslim.load.
-            "format": "packed" if packed else "modules" if modules else "dense",
-            "modules": modules,
+            # "dense": plain transformers loads it; "packed" needs netslim.load.
+            "format": "packed" if packed else "dense",
+            "modules": modules if packed else {},
             "storage": storage,
             "source": result.source,
             "recipe": recipe_data(result.recipe),
@@ -113,15 +133,75 @@ def save(
     return Path(path)
 
 
-def _write_packed_model(model, state, aliases, plan, dtype, folder: Path) -> dict:
+def round_for_storage(
+    model: torch.nn.Module,
+    dtype: torch.dtype | str | None = "auto",
+    format: str = "auto",  # noqa: A002  (the name save uses)
+) -> None:
+    """Round ``model``'s floating values in place to those ``save(..., format=format,
+    dtype=dtype)`` stores (cast to the value dtype and back), so that the saved folder then
+    reproduces the model bit for bit; a model saved in the dense layout is left unchanged.
+
+    Raises:
+        ConfigError: as :func:`save` does for the same ``format`` and ``dtype``.
+    """
+    _, packed, dtypes = _layout(model, format, dtype)
+    if packed:
+        round_values(model, dtypes)
+
+
+def _layout(model, format: str, dtype) -> tuple[dict[str, dict], bool, dict]:  # noqa: A002
+    """``(module specs, whether the packed file is written, value dtype per tensor)``.
+
+    Raises:
+        ConfigError: for an unknown format or dtype, or a dense model plain transformers
+            cannot express.
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"unknown storage format '{format}'; use one of {', '.join(FORMATS)}")
+    dtypes = value_dtypes(model, dtype)
+    reference = _reference_model(model)
+    modules = module_specs(model, reference)
+    if format == "dense":
+        built = dict(reference.named_modules())
+        for name, spec in modules.items():
+            if not _is_plain_linear(spec, built.get(name)):
+                raise ConfigError(f"format 'dense' (plain transformers) cannot express the '{spec['kind']}' module "
+                                  f"'{name}' of this model; use format auto or packed")
+    return modules, format == "packed" or (format == "auto" and bool(modules)), dtypes
+
+
+def _is_plain_linear(spec: dict, built: torch.nn.Module | None) -> bool:
+    """Whether ``spec`` is a quantized layer of the ``nn.Linear`` shape and bias the config builds."""
+    return (spec["kind"] == "quantized" and isinstance(built, torch.nn.Linear)
+            and (built.in_features, built.out_features, built.bias is not None)
+            == (spec["in_features"], spec["out_features"], spec["bias"]))
+
+
+def _plain_state(model, modules: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """The state dict with each quantized layer (all of ``modules``) as the ``nn.Linear``
+    weight and bias it computes with, in the model's dtype."""
+    state = model.state_dict()
+    for name in modules:
+        layer = model.get_submodule(name)
+        for key in layer.state_dict():
+            del state[f"{name}.{key}"]
+        state[f"{name}.weight"] = layer.dequantize(model.dtype)
+        if layer.bias is not None:
+            state[f"{name}.bias"] = layer.bias.to(model.dtype)
+    return state
+
+
+def _write_packed_model(model, state, aliases, plan, dtypes, folder: Path) -> dict:
     """Config files plus ``netslim.safetensors``; the ``storage`` entry of ``netslim.json``."""
     model.config.save_pretrained(folder)
     generation = getattr(model, "generation_config", None)
     if generation is not None and model.can_generate():
         generation.save_pretrained(folder)
-    records = write_packed(state, plan, dtype, folder)
+    records = write_packed(state, plan, dtypes, folder)
+    value_dtype = next((str(d).removeprefix("torch.") for d in dtypes.values() if d is not None), "own")
     return {
-        "value_dtype": "own" if dtype is None else str(dtype).removeprefix("torch."),
+        "value_dtype": value_dtype,  # of the tensors not in quantized layers that it does not overflow
         "tensors": records,
         "aliases": aliases,
         "summary": storage_summary(records, decoder_linears(model)),

@@ -4,6 +4,7 @@
 (chosen per tensor, or ``dense`` everywhere), writes ``netslim.safetensors`` (a name plain
 ``transformers`` does not look for, so it cannot silently load random weights) and returns
 the records that :func:`read_packed` needs; they go into ``netslim.json`` under ``storage``.
+:func:`value_dtypes` says in which dtype each floating tensor's values are stored.
 :func:`storage_summary` counts bytes per codec and bits per weight of the decoder's Linear
 layers, for ``netslim info`` and the report.
 """
@@ -14,19 +15,38 @@ import fnmatch
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from netslim.errors import ConfigError, NetslimError
-from netslim.export.codecs import CODECS, choose_codec, decode, encode
+from netslim.errors import ArtifactError, ConfigError, NetslimError
+from netslim.export.codecs import CODECS, choose_codec, decode, encode, store_values
 
 PACKED_FILE = "netslim.safetensors"
+VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The state dict with each tied tensor once, and ``alias -> kept name`` for the others."""
+def checked_file(file: Path) -> Path:
+    """``file``, if it is a complete safetensors file.
+
+    Raises:
+        ArtifactError: naming the file, if it is missing, truncated or not safetensors.
+    """
+    if not file.is_file():
+        raise ArtifactError(f"'{file}' is missing; the folder is damaged, save it again")
+    try:
+        with safe_open(file, "pt"):
+            pass
+    except (OSError, SafetensorError) as exc:
+        raise ArtifactError(f"'{file}' is not a complete safetensors file ({exc}); "
+                            "the folder is damaged, save it again") from None
+    return file
+
+
+def unique_state(full: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A state dict with each tied tensor once, and ``alias -> kept name`` for the others."""
     state, aliases, seen = {}, {}, {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in full.items():
         key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
         if tensor.numel() and key in seen:
             aliases[name] = seen[key]
@@ -36,9 +56,55 @@ def unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, s
     return state, aliases
 
 
-def plan_codecs(state: dict[str, torch.Tensor], fmt: str, dtype: torch.dtype | None,
+def value_dtypes(model: nn.Module, dtype: torch.dtype | str | None = "auto") -> dict[str, torch.dtype | None]:
+    """Name (as in :func:`unique_state`) -> dtype each floating tensor's values are stored in
+    (``None``: its own dtype, exact).
+
+    Args:
+        dtype: ``None`` keeps every tensor exact; a floating dtype (``torch.float16``, ...)
+            applies to every floating tensor; ``"auto"`` stores the 32- and 64-bit tensors of
+            a model with quantized layers in float16 (bfloat16 if the model has bfloat16
+            tensors), except the quantized layers' own (scales, zeros, bias), and keeps any
+            other model exact. A tensor the value dtype would overflow keeps its own dtype
+            (see :func:`netslim.export.codecs.store_values`).
+
+    Raises:
+        ConfigError: for any other ``dtype``.
+    """
+    if dtype != "auto" and dtype is not None and dtype not in VALUE_DTYPES:
+        names = ", ".join(str(d) for d in VALUE_DTYPES)
+        raise ConfigError(f"storage dtype {dtype!r} is not one of 'auto', None, {names}")
+    state, _ = unique_state(model.state_dict())
+    floats = {n: t for n, t in state.items() if t.is_floating_point()}
+    if dtype == "auto":
+        kinds = {f"{name}.": getattr(type(module), "netslim_kind", None) for name, module in model.named_modules()}
+        quantized = tuple(prefix for prefix, kind in kinds.items() if kind == "quantized")
+        floats = {n: t for n, t in floats.items() if not n.startswith(quantized)}
+        bf16 = any(t.dtype == torch.bfloat16 for t in floats.values())
+        dtype = (torch.bfloat16 if bf16 else torch.float16) if quantized else None
+        floats = {n: t for n, t in floats.items() if t.element_size() > 2}  # 16-bit tensors keep theirs
+    return {name: dtype if name in floats else None for name in state}
+
+
+def round_values(model: nn.Module, dtypes: dict[str, torch.dtype | None]) -> None:
+    """Round ``model``'s tensors in place to the values :func:`write_packed` stores for them."""
+    state, _ = unique_state(model.state_dict())
+    with torch.no_grad():
+        for name, dtype in dtypes.items():
+            if dtype is not None:
+                state[name].copy_(store_values(state[name], dtype))
+
+
+def check_codecs(overrides: dict[str, str] | None) -> None:
+    """Raises ConfigError for an unknown codec among ``overrides`` (pattern -> codec)."""
+    for codec in (overrides or {}).values():
+        if codec not in CODECS:
+            raise ConfigError(f"unknown storage codec '{codec}'; use one of {', '.join(CODECS)}")
+
+
+def plan_codecs(state: dict[str, torch.Tensor], dtypes: dict[str, torch.dtype | None],
                 overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """Tensor name -> codec: ``dense`` everywhere for ``fmt="dense"``, else chosen per tensor.
+    """Tensor name -> codec, chosen per tensor for its value dtype.
 
     Args:
         overrides: ``fnmatch`` pattern of tensor names -> codec, applied after the choice
@@ -47,22 +113,21 @@ def plan_codecs(state: dict[str, torch.Tensor], fmt: str, dtype: torch.dtype | N
     Raises:
         ConfigError: for an unknown codec in ``overrides``.
     """
-    overrides = overrides or {}
-    for codec in overrides.values():
-        if codec not in CODECS:
-            raise ConfigError(f"unknown storage codec '{codec}'; use one of {', '.join(CODECS)}")
+    check_codecs(overrides)
     plan = {}
     for name, tensor in state.items():
-        codec = "dense" if fmt == "dense" else choose_codec(tensor, dtype)
-        plan[name] = next((c for p, c in overrides.items() if fnmatch.fnmatchcase(name, p)), codec)
+        codec = choose_codec(tensor, dtypes[name])
+        plan[name] = next((c for p, c in (overrides or {}).items() if fnmatch.fnmatchcase(name, p)), codec)
     return plan
 
 
-def write_packed(state: dict[str, torch.Tensor], plan: dict[str, str], dtype: torch.dtype | None, folder: Path) -> dict:
-    """Encode ``state`` by ``plan`` into ``folder / PACKED_FILE``; return ``name -> record``."""
+def write_packed(state: dict[str, torch.Tensor], plan: dict[str, str], dtypes: dict[str, torch.dtype | None],
+                 folder: Path) -> dict:
+    """Encode ``state`` by ``plan`` (values in ``dtypes``) into ``folder / PACKED_FILE``;
+    return ``name -> record``."""
     parts, records = {}, {}
     for name, tensor in state.items():
-        encoded, record = encode(tensor, plan[name], dtype)
+        encoded, record = encode(tensor, plan[name], dtypes[name])
         record["bytes"] = sum(t.numel() * t.element_size() for t in encoded.values())
         records[name] = record
         parts.update({f"{name}.{part}": t for part, t in encoded.items()})
@@ -74,19 +139,29 @@ def read_packed(folder: Path, records: dict[str, dict], aliases: dict[str, str])
     """Decode ``folder / PACKED_FILE`` back into a state dict (aliases filled in).
 
     Raises:
-        NetslimError: if the file lacks a part its records name (a damaged folder).
+        ArtifactError: naming the file, if it is missing or truncated, lacks a part its
+            records name, or a record does not match its parts (a damaged or foreign folder).
     """
+    file = folder / PACKED_FILE
     grouped: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(folder / PACKED_FILE).items():
+    for key, tensor in load_file(checked_file(file)).items():
         name, _, part = key.rpartition(".")
         grouped.setdefault(name, {})[part] = tensor
     state = {}
     for name, record in records.items():
         parts = grouped.get(name)
         if not parts:
-            raise NetslimError(f"'{folder}' lacks the stored tensor '{name}'; the folder is damaged, save it again")
-        state[name] = decode(parts, record)
-    state.update({alias: state[target] for alias, target in aliases.items()})
+            raise ArtifactError(f"'{file}' lacks the stored tensor '{name}'; the folder is damaged, save it again")
+        try:
+            state[name] = decode(parts, record)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ArtifactError(f"'{file}': the stored tensor '{name}' does not decode by its record in "
+                                f"netslim.json ({reason}); the folder is damaged or needs a newer netslim") from None
+    for alias, target in aliases.items():
+        if target not in state:
+            raise ArtifactError(f"'{file}' lacks the stored tensor '{target}' (of '{alias}'); the folder is damaged")
+        state[alias] = state[target]
     return state
 
 

@@ -21,7 +21,43 @@ from torch import nn
 
 from netslim.data.windows import TokenWindows
 from netslim.engine.stats import LayerStats, Stat
+from netslim.errors import ConfigError
 from netslim.models.adapter import ModelAdapter, linear_weight
+
+
+FLOAT = "float"  # the kind of a plain projection (nn.Linear, GPT-2's Conv1D)
+_ORDER_HINT = ("order the recipe as structure (width, depth, slicegpt), then pruning, then low rank or "
+               "quantization, then eora")
+
+
+@dataclass
+class LayerShape:
+    """What a static check knows of one projection: its kind and widths (``None`` if unknown)."""
+
+    kind: str
+    in_features: int | None
+    out_features: int | None
+    made_by: str | None = None
+
+
+@dataclass
+class ModelShape:
+    """The structure of a model as a recipe passes over it, for checks before any work.
+
+    Built from a model (or from its config on the meta device, so no weight is read) by
+    :func:`netslim.methods.preflight.model_shape`; each stage's :meth:`MethodConfig.preflight`
+    checks it and updates it to what the stage leaves.
+    """
+
+    family: str
+    num_blocks: int
+    layers: dict[str, LayerShape]
+    module_kinds: set[str] = field(default_factory=set)
+    adapter: ModelAdapter | None = None  # the model (possibly on the meta device) it was read from
+
+    def touched(self, cfg: MethodConfig) -> list[str]:
+        """Projections a stage acts on: every layer its ``ignore`` patterns leave."""
+        return [name for name in self.layers if not cfg.ignores(name)]
 
 
 class Scope(str, enum.Enum):
@@ -59,6 +95,35 @@ class MethodConfig(BaseModel):
 
     needs: ClassVar[frozenset[Stat]] = frozenset()
     needs_original: ClassVar[bool] = False
+    accepts: ClassVar[frozenset[str] | None] = frozenset({FLOAT})
+
+    def produces(self) -> str | None:
+        """The kind of projection this stage leaves behind (a module kind such as
+        ``"quantized"``), or ``None`` when projections stay plain float layers."""
+        return None
+
+    def preflight(self, shape: ModelShape) -> None:
+        """Check this stage against the model's structure before any work, then update
+        ``shape`` to what the stage will leave.
+
+        The default refuses projections of a kind the stage cannot act on (class attribute
+        ``accepts``: ``None`` for any kind) and records :meth:`produces`. Subclasses add
+        their own checks (N:M divisibility, block counts) and call ``super()``.
+
+        Raises:
+            ConfigError: naming the stage, the layer and what to change.
+        """
+        produced = self.produces()
+        for name in shape.touched(self):
+            layer = shape.layers[name]
+            if self.accepts is not None and layer.kind not in self.accepts:
+                after = f" (made by stage '{layer.made_by}')" if layer.made_by else ""
+                raise ConfigError(
+                    f"{self.method} cannot act on {name}, a {layer.kind} layer{after}; "
+                    f"{_ORDER_HINT}"
+                )
+            if produced is not None:
+                shape.layers[name] = LayerShape(produced, layer.in_features, layer.out_features, self.method)
 
     @property
     def needs_calibration(self) -> bool:
@@ -126,4 +191,5 @@ def layer_view(
     return LayerView(name, getattr(parent, attr), block_index, parent, attr, original)
 
 
-__all__ = ["BlockView", "LayerStats", "LayerView", "MethodConfig", "Scope", "Stat", "layer_view"]
+__all__ = ["FLOAT", "BlockView", "LayerShape", "LayerStats", "LayerView", "MethodConfig", "ModelShape", "Scope", "Stat",
+           "layer_view"]

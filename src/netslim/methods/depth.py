@@ -27,7 +27,7 @@ from netslim.data.windows import TokenWindows
 from netslim.engine.capture import capture_block_inputs, run_block
 from netslim.engine.stats import Stat
 from netslim.errors import ConfigError
-from netslim.methods.base import MethodConfig, Scope
+from netslim.methods.base import MethodConfig, ModelShape, Scope
 from netslim.methods.registry import register_method
 from netslim.models import surgery
 from netslim.models.adapter import ModelAdapter
@@ -59,6 +59,15 @@ class DepthConfig(MethodConfig):
         if self.ignore or self.true_sequential:
             raise ValueError("depth removes whole blocks; ignore and true_sequential do not apply")
         return self
+
+    accepts: ClassVar[frozenset[str] | None] = None  # whole blocks go, whatever their layers are
+
+    def preflight(self, shape: ModelShape) -> None:
+        """The block count must leave at least one block; later stages see fewer blocks."""
+        removed = self.count(shape.num_blocks)
+        shape.num_blocks -= removed
+        keep = {f".{i}." for i in range(shape.num_blocks)}  # blocks are renumbered after removal
+        shape.layers = {n: s for n, s in shape.layers.items() if any(k in n for k in keep)}
 
     def count(self, num_blocks: int) -> int:
         """Blocks to remove from a model of ``num_blocks`` blocks."""

@@ -27,7 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from netslim.engine.stats import LayerStats, Stat
-from netslim.methods.base import LayerView, MethodConfig
+from netslim.methods.base import FLOAT, LayerView, MethodConfig
 from netslim.methods.registry import register_method
 from netslim.models.adapter import linear_weight
 from netslim.nn.lowrank import LowRankCompensated
@@ -47,6 +47,11 @@ class EoRAConfig(MethodConfig):
     eps: float = Field(default=1e-6, gt=0.0, lt=1.0)
     needs: ClassVar[frozenset[Stat]] = frozenset({Stat.HESSIAN})
     needs_original: ClassVar[bool] = True
+    accepts: ClassVar[frozenset[str]] = frozenset({FLOAT, "quantized", "factorized_linear"})
+
+    def produces(self) -> str:
+        """Layers with a low-rank correction beside them."""
+        return "lowrank_compensated"
 
 
 def effective_weight(module: nn.Module) -> torch.Tensor:

@@ -36,7 +36,7 @@ from pydantic import Field
 from netslim.data.windows import TokenWindows
 from netslim.engine.stats import LayerStats, Stat
 from netslim.errors import ConfigError
-from netslim.methods.base import LayerView, MethodConfig
+from netslim.methods.base import LayerView, MethodConfig, ModelShape
 from netslim.methods.registry import register_method
 from netslim.models.adapter import ModelAdapter, linear_weight
 from netslim.nn.lowrank import FactorizedLinear
@@ -74,6 +74,17 @@ class LowRankConfig(MethodConfig):
             return self.ranks.get(name)
         return uniform_rank(out_features, in_features, 1.0 - self.ratio)
 
+    def produces(self) -> str:
+        """Factorized layers."""
+        return "factorized_linear"
+
+    def preflight(self, shape: ModelShape) -> None:
+        """Hand-given ``ranks`` must name projections, each within its smaller side."""
+        if self.ranks is not None:
+            sizes = {n: (s.out_features, s.in_features) for n, s in shape.layers.items()}
+            _check_ranks(sizes, self.ranks)
+        super().preflight(shape)
+
     def factors(self, weight: torch.Tensor, stats: LayerStats | None, rank: int) -> tuple[Factors, dict]:
         """Rank-``rank`` factors of ``weight`` (out, in) and report fields; per method."""
         raise NotImplementedError
@@ -86,7 +97,8 @@ class LowRankConfig(MethodConfig):
                 or a rank outside ``1 .. min(out, in)``.
         """
         if self.ranks is not None:
-            _check_ranks(adapter, self.ranks)
+            _check_ranks({n: tuple(linear_weight(m).shape) for i in range(adapter.num_blocks)
+                          for n, m in adapter.block_linears(i).items()}, self.ranks)
             return self
         if self.allocation == "uniform":
             return self
@@ -156,14 +168,16 @@ class SVDLLMConfig(LowRankConfig):
         return whitened_factors(weight, rank, whitening), whitening.describe()
 
 
-def _check_ranks(adapter: ModelAdapter, ranks: dict[str, int]) -> None:
-    """Every name a block projection, every rank in ``1 .. min(out, in)``; else one-line error."""
-    shapes = {n: linear_weight(m).shape for i in range(adapter.num_blocks) for n, m in adapter.block_linears(i).items()}
+def _check_ranks(shapes: dict[str, tuple[int | None, int | None]], ranks: dict[str, int]) -> None:
+    """Every name a block projection, every rank in ``1 .. min(out, in)`` (where the sizes are
+    known); else a one-line error. ``shapes``: projection name -> (out, in)."""
     for name, rank in ranks.items():
         if name not in shapes:
             close = difflib.get_close_matches(name, list(shapes), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f" (e.g. '{next(iter(shapes))}')"
             raise ConfigError(f"ranks: '{name}' is not a projection of this model's blocks{hint}")
+        if None in shapes[name]:
+            continue
         if not 1 <= rank <= min(shapes[name]):
             raise ConfigError(f"ranks: '{name}' has rank {rank}; use 1 to {min(shapes[name])} (its smaller side)")
 

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from netslim.data.windows import TokenWindows
 from netslim.engine.stats import Stat
 from netslim.errors import ConfigError
-from netslim.methods.base import LayerView, MethodConfig
+from netslim.methods.base import LayerView, MethodConfig, ModelShape
 from netslim.models.adapter import ModelAdapter, linear_weight
 from netslim.ops.masks import layer_mask, nm_mask, parse_pattern, row_mask
 from netslim.ops.owl import outlier_ratio, owl_sparsities
@@ -98,6 +98,20 @@ class PruningConfig(MethodConfig):
         """The sparsity every pruned layer ends with."""
         nm = self.nm
         return 1 - nm[0] / nm[1] if nm else self.sparsity
+
+    def preflight(self, shape: ModelShape) -> None:
+        """N:M needs every pruned layer's input width divisible by M; ``block_sparsity`` one
+        entry per block."""
+        super().preflight(shape)
+        nm = self.nm
+        for name in shape.touched(self) if nm else ():
+            width = shape.layers[name].in_features
+            if width is not None and width % nm[1]:
+                raise ConfigError(f"{self.method}: pattern {self.pattern} needs input widths divisible by {nm[1]}, "
+                                  f"but {name} has {width} inputs; use another pattern or ignore that layer")
+        if self.block_sparsity is not None and len(self.block_sparsity) != shape.num_blocks:
+            raise ConfigError(f"{self.method}: block_sparsity has {len(self.block_sparsity)} entries; "
+                              f"the model has {shape.num_blocks} blocks")
 
     def sparsity_for(self, block_index: int) -> float:
         """The unstructured sparsity of block ``block_index``.

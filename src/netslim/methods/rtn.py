@@ -44,6 +44,10 @@ class QuantizationConfig(MethodConfig):
         check_grid(self.bits, self.group_size)
         return self
 
+    def produces(self) -> str:
+        """Quantized layers."""
+        return "quantized"
+
 
 class RTNConfig(QuantizationConfig):
     """Round-to-nearest settings (see :class:`QuantizationConfig`)."""

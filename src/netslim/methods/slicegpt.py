@@ -31,7 +31,7 @@ from netslim.data.windows import TokenWindows
 from netslim.engine.capture import BlockCall, capture_block_inputs, run_block
 from netslim.engine.stats import Stat
 from netslim.errors import ConfigError
-from netslim.methods.base import MethodConfig, Scope
+from netslim.methods.base import MethodConfig, ModelShape, Scope
 from netslim.methods.registry import register_method
 from netslim.models import rotate
 from netslim.models.adapter import ModelAdapter
@@ -59,6 +59,17 @@ class SliceGPTConfig(MethodConfig):
         if self.ignore or self.true_sequential:
             raise ValueError("slicegpt rotates the whole residual stream; ignore and true_sequential do not apply")
         return self
+
+    def preflight(self, shape: ModelShape) -> None:
+        """A family that can be rotated, sliced once; afterwards widths are not known in advance."""
+        if shape.adapter is not None:
+            rotate.check_sliceable(shape.adapter)
+        if "sliced_decoder_layer" in shape.module_kinds:
+            raise ConfigError("slicegpt: the model is already sliced; use one slicegpt stage with a larger slicing")
+        super().preflight(shape)
+        shape.module_kinds.add("sliced_decoder_layer")
+        for layer in shape.layers.values():
+            layer.in_features = layer.out_features = None
 
     def width(self, hidden_size: int) -> int:
         """Width of every residual signal after slicing."""

