@@ -38,7 +38,9 @@ class CompressionResult:
     Attributes:
         model: The compressed model (the input model, modified in place).
         tokenizer: Its tokenizer, when known.
-        recipe: The validated stages that were applied.
+        recipe: The stages that were applied, resolved: model-wide choices their planning made
+            (per-block sparsities, ranks, removal counts, removed blocks) spelled out, so
+            that replaying them on the original model gives the same weights.
         layers: One record per compressed layer: name, shape, sparsity, methods, extras.
         calibration: Provenance of the calibration windows, or ``None`` when data-free.
         seconds: Wall time of the compression (a resumed run counts its earlier runs' restored blocks too).
@@ -164,12 +166,12 @@ def compress(
     windows = _calibration_windows(module, tokenizer, stages, calibration)
     start = time.perf_counter()
     timing: dict[str, float] = {}
-    layers = run_stages(adapter, stages, windows, progress=progress, checkpoint_dir=checkpoint_dir, timing=timing)
+    run = run_stages(adapter, stages, windows, progress=progress, checkpoint_dir=checkpoint_dir, timing=timing)
     return CompressionResult(
         model=module,
         tokenizer=tokenizer,
-        recipe=stages,
-        layers=layers,
+        recipe=run.stages,
+        layers=run.layers,
         calibration=windows.describe() if windows is not None else None,
         seconds=time.perf_counter() - start + timing["restored_seconds"],
         peak_rss_bytes=peak_rss_bytes(),

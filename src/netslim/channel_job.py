@@ -33,7 +33,6 @@ from netslim.eval.size import folder_weight_bytes
 from netslim.export.atomic import atomic_folder, check_output
 from netslim.graph.plan import PLAN_FILE, WEIGHTS_FILE, SlimPlan
 from netslim.methods.base import MethodConfig, Scope
-from netslim.methods.registry import get_method
 from netslim.models.loading import NETSLIM_MARKER
 from netslim.models.tasks import ModelTask, load_task
 from netslim.recipe import RecipeLike, dump_recipe, parse_recipe, recipe_data
@@ -54,7 +53,7 @@ class ChannelJobResult:
 def check_graph_recipe(source: str, stages: list[MethodConfig]) -> None:
     """Refuse stages that need a causal LM on a vision or encoder model."""
     for cfg in stages:
-        if get_method(cfg.method).scope is not Scope.GRAPH:
+        if cfg.scope is not Scope.GRAPH:
             raise ConfigError(f"method '{cfg.method}' needs a causal LM; {source} takes method channels "
                               "(e.g. --method channels --set target_flops=0.3)")
 
@@ -86,7 +85,7 @@ def channel_job(
     plan, groups = SlimPlan(), []
     start = time.perf_counter()
     for cfg in stages:
-        result = get_method(cfg.method).fn(task, cfg)
+        result = cfg.handler(task, cfg)
         plan.cuts.extend(result.plan.cuts)
         groups = result.groups
     seconds = time.perf_counter() - start

@@ -106,7 +106,7 @@ def compress_job(
     after = evaluate(lm, **evaluation)
     result.report = json_safe({
         "model": source,
-        "recipe": recipe_data(stages),
+        "recipe": recipe_data(result.recipe),  # resolved: per-block and per-layer choices spelled out
         "protocol": {**baseline.perplexity.protocol(), "calibration": result.calibration, "settings": asdict(protocol)},
         "baseline": baseline.as_dict(),
         "compressed": after.as_dict(),

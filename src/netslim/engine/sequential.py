@@ -5,14 +5,19 @@ let each stage act on the block's projections, then recompute the block's output
 compressed weights and feed them to the next block. Peak memory is the model plus one
 block's activations for the calibration windows.
 
-Stages of layer or block scope run together in one pass over the blocks; a model-scope stage
-(which needs the whole model, e.g. removing blocks) ends the pass and runs on its own.
+Stages of layer scope run together in one pass over the blocks; a model-scope stage (which
+needs the whole model, e.g. removing blocks) ends the pass and runs on its own. The engine
+reads each stage's ``scope``, ``needs`` and ``handler`` from its config class; it never looks
+a method up by name. Planning sweeps (:meth:`MethodConfig.plan`) are handed
+:func:`iter_block_stats` bound to the model and calibration data.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
+from functools import partial
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -25,9 +30,16 @@ from netslim.engine.capture import BlockCall, capture_block_inputs, run_block
 from netslim.engine.checkpoint import Checkpoint, job_fingerprint
 from netslim.engine.stats import InputStats, LayerStats, Stat
 from netslim.errors import ConfigError
-from netslim.methods.base import BlockView, MethodConfig, Scope, layer_view
-from netslim.methods.registry import get_method
+from netslim.methods.base import MethodConfig, Scope, layer_view
 from netslim.models.adapter import ModelAdapter, linear_weight
+
+
+@dataclass
+class RunRecord:
+    """What a run decided: the resolved stages (replayable) and one record per layer."""
+
+    stages: list[MethodConfig]
+    layers: list[dict]
 
 
 class LayerLog:
@@ -58,8 +70,13 @@ def run_stages(
     progress: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
     timing: dict[str, float] | None = None,
-) -> list[dict]:
-    """Apply ``stages`` to the adapter's model in place and return the per-layer records.
+) -> RunRecord:
+    """Apply ``stages`` to the adapter's model in place; return what was decided.
+
+    The returned record holds every stage *resolved*: with the model-wide choices of its
+    planning spelled out (OWL's per-block sparsities, sensitivity ranks, width's per-block
+    removal counts, the blocks depth removes), so replaying ``record.stages`` on the
+    original model reproduces the same weights; and the per-layer records.
 
     Args:
         checkpoint_dir: Where to write per-block checkpoints; rerunning the same job (same
@@ -82,25 +99,29 @@ def run_stages(
     model = adapter.model
     was_training = model.training
     model.eval()
+    resolved: list[MethodConfig] = []
     try:
         with torch.no_grad():
             for group in passes:
-                if get_method(group[0].method).scope is Scope.MODEL:
-                    get_method(group[0].method).fn(adapter, calibration, group[0], log)
+                if group[0].scope is Scope.MODEL:
+                    done = group[0].handler(adapter, calibration, group[0], log)
+                    resolved.append(done or group[0])
                 else:
-                    group = [cfg.plan(adapter, calibration) for cfg in group]
+                    sweep = None if calibration is None else partial(iter_block_stats, adapter, calibration)
+                    group = [cfg.plan(adapter, sweep) for cfg in group]
                     _sequential_pass(adapter, group, calibration, log, progress, checkpoint)
+                    resolved.extend(group)
     finally:
         model.train(was_training)
     if timing is not None:
         timing["restored_seconds"] = checkpoint.restored_seconds if checkpoint is not None else 0.0
-    return log.as_list()
+    return RunRecord(resolved, log.as_list())
 
 
 def check_llm_stages(stages: Sequence[MethodConfig]) -> None:
     """Refuse stages made for vision and encoder models (``Scope.GRAPH``) in a causal-LM recipe."""
     for cfg in stages:
-        if get_method(cfg.method).scope is Scope.GRAPH:
+        if cfg.scope is Scope.GRAPH:
             raise ConfigError(f"method '{cfg.method}' prunes vision and encoder models (e.g. netslim compress "
                               "efficientnet-lite0 --method channels); for a causal LM use width or slicegpt")
 
@@ -124,9 +145,9 @@ def _passes(stages: Sequence[MethodConfig]) -> list[list[MethodConfig]]:
     """Split stages into runs of layer/block scope stages and single model-scope stages."""
     passes: list[list[MethodConfig]] = []
     for cfg in stages:
-        if get_method(cfg.method).scope is Scope.MODEL:
+        if cfg.scope is Scope.MODEL:
             passes.append([cfg])
-        elif passes and get_method(passes[-1][0].method).scope is not Scope.MODEL:
+        elif passes and passes[-1][0].scope is not Scope.MODEL:
             passes[-1].append(cfg)
         else:
             passes.append([cfg])
@@ -153,7 +174,7 @@ def _check_compensation(passes: list[list[MethodConfig]]) -> None:
 
 def _checkpoint(adapter, stages, calibration, folder) -> Checkpoint | None:
     """A checkpoint for this job, if a folder is given and the recipe is one layer-scope pass."""
-    if folder is None or any(get_method(cfg.method).scope is not Scope.LAYER for cfg in stages):
+    if folder is None or any(cfg.scope is not Scope.LAYER for cfg in stages):
         return None
     started = time.perf_counter()
     recipe = [cfg.model_dump(mode="json") for cfg in stages]
@@ -216,25 +237,15 @@ def _apply_stage(
     log: LayerLog,
     originals: dict[str, torch.Tensor],
 ) -> None:
-    entry = get_method(cfg.method)
     groups = [[n for n in group if not cfg.ignores(n)] for group in adapter.block_input_groups(index)]
     groups = [g for g in groups if g]
-    if entry.scope is Scope.BLOCK:
-        stats = _collect(adapter, index, groups, cfg.needs, hidden, call)
-        view = BlockView(
-            index, adapter.blocks[index], adapter,
-            {n: layer_view(adapter, index, n, originals.get(n)) for g in groups for n in g},
-        )
-        for name, extra in (entry.fn(view, stats, cfg) or {}).items():
-            log.add(name, view.layers[name].module if name in view.layers else adapter.model.get_submodule(name), cfg.method, extra)
-        return
     subsets = [[g] for g in groups] if cfg.true_sequential else [groups]
     for subset in subsets:
         stats = _collect(adapter, index, subset, cfg.needs, hidden, call)
         for group in subset:
             for name in group:
                 layer = layer_view(adapter, index, name, originals.get(name))
-                extra = entry.fn(layer, stats.get(name), cfg)
+                extra = cfg.handler(layer, stats.get(name), cfg)
                 log.add(name, layer.module, cfg.method, extra)
         del stats
 

@@ -61,7 +61,13 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _stage(stage: dict[str, Any]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in stage.items() if v not in ((), [], None))
+    """One line per stage; long per-block or per-layer settings are summarized (recipe.yaml has them)."""
+    def shown(value: Any) -> str:
+        if isinstance(value, (list, tuple, dict)) and len(value) > 6:
+            return f"<{len(value)} {'layers' if isinstance(value, dict) else 'blocks'}, see recipe.yaml>"
+        return str(value)
+
+    return ", ".join(f"{k}: {shown(v)}" for k, v in stage.items() if v not in ((), [], None))
 
 
 def _row(label: str, side: dict[str, Any]) -> str:

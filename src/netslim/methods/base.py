@@ -1,11 +1,13 @@
 """What every method shares: the config base class, the views methods act on, and scopes.
 
-A method is a validated config plus a function, registered by name
-(:func:`netslim.methods.registry.register_method`). The engine calls the function once per
-Linear layer (``Scope.LAYER``), once per block (``Scope.BLOCK``) or once for the whole model
-(``Scope.MODEL``), handing it the calibration statistics its config declares in ``needs``.
-``Scope.GRAPH`` methods act on vision and encoder models (:mod:`netslim.models.tasks`), not
-on causal LMs, and never enter the engine.
+A method is a validated config class plus a handler function, bound together by
+:func:`netslim.methods.registry.register_method`. The config class carries what the engine
+needs as class attributes: its ``scope``, the statistics it ``needs``, the ``handler`` the
+registry binds, what it ``accepts`` and ``produces`` (for the checks before work). The engine
+reads these from the config it is handed and never looks a method up by name. It calls the
+handler once per Linear layer (``Scope.LAYER``) with the calibration statistics of its input,
+or once for the whole model (``Scope.MODEL``). ``Scope.GRAPH`` methods act on vision and
+encoder models (:mod:`netslim.models.tasks`), not on causal LMs, and never enter the engine.
 """
 
 from __future__ import annotations
@@ -13,19 +15,21 @@ from __future__ import annotations
 import enum
 import fnmatch
 from dataclasses import dataclass, field
-from typing import ClassVar
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from netslim.data.windows import TokenWindows
 from netslim.engine.stats import LayerStats, Stat
 from netslim.errors import ConfigError
 from netslim.models.adapter import ModelAdapter, linear_weight
 
 
 FLOAT = "float"  # the kind of a plain projection (nn.Linear, GPT-2's Conv1D)
+# The engine's statistics-only pass: ``sweep(needs)`` yields (block index, {layer name: stats}).
+Sweep = Callable[[frozenset[Stat]], Iterator[tuple[int, dict[str, LayerStats]]]]
 _ORDER_HINT = ("order the recipe as structure (width, depth, slicegpt), then pruning, then low rank or "
                "quantization, then eora")
 
@@ -64,7 +68,6 @@ class Scope(str, enum.Enum):
     """The unit a method's function acts on."""
 
     LAYER = "layer"
-    BLOCK = "block"
     MODEL = "model"
     GRAPH = "graph"  # any nn.Module through its dependency graph (netslim.graph), not a causal-LM pass
 
@@ -93,6 +96,8 @@ class MethodConfig(BaseModel):
     ignore: tuple[str, ...] = ()
     true_sequential: bool = False
 
+    scope: ClassVar[Scope] = Scope.LAYER
+    handler: ClassVar[Callable[..., Any] | None] = None  # bound by register_method
     needs: ClassVar[frozenset[Stat]] = frozenset()
     needs_original: ClassVar[bool] = False
     accepts: ClassVar[frozenset[str] | None] = frozenset({FLOAT})
@@ -134,14 +139,15 @@ class MethodConfig(BaseModel):
         """Whether module ``name`` matches an ignore pattern."""
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore)
 
-    def plan(self, adapter: ModelAdapter, calibration: TokenWindows | None) -> MethodConfig:
+    def plan(self, adapter: ModelAdapter, sweep: Sweep | None) -> MethodConfig:
         """Resolve model-wide choices before the pass that runs this stage; default: none.
 
-        The engine calls it once per layer/block-scope stage, on the model as earlier passes
-        left it, before the sequential pass starts. A method whose per-layer settings depend
-        on every layer (global rank or sparsity allocation) overrides it to sweep the model
-        (e.g. with :func:`netslim.engine.sequential.iter_block_stats`) and returns a copy of
-        itself with those settings spelled out.
+        The engine calls it once per layer-scope stage, on the model as earlier passes left
+        it, before the sequential pass starts. A method whose per-layer settings depend on
+        every layer (global rank or sparsity allocation) overrides it: ``sweep(needs)``
+        (``None`` without calibration data) is the engine's statistics-only pass, yielding
+        each block's index and its projections' input statistics without changing the model.
+        It returns a copy of itself with those settings spelled out (the run's record).
         """
         return self
 
@@ -172,16 +178,6 @@ class LayerView:
         self.module = new_module
 
 
-@dataclass
-class BlockView:
-    """One decoder block, its projections and the adapter, for block-scope methods."""
-
-    index: int
-    module: nn.Module
-    adapter: ModelAdapter
-    layers: dict[str, LayerView] = field(default_factory=dict)
-
-
 def layer_view(
     adapter: ModelAdapter, block_index: int, name: str, original: torch.Tensor | None = None
 ) -> LayerView:
@@ -191,5 +187,5 @@ def layer_view(
     return LayerView(name, getattr(parent, attr), block_index, parent, attr, original)
 
 
-__all__ = ["FLOAT", "BlockView", "LayerShape", "LayerStats", "LayerView", "MethodConfig", "ModelShape", "Scope", "Stat",
+__all__ = ["FLOAT", "LayerShape", "LayerStats", "LayerView", "MethodConfig", "ModelShape", "Scope", "Stat", "Sweep",
            "layer_view"]

@@ -18,7 +18,7 @@ Example recipe (``netslim compress efficientnet-lite0 --recipe r.yaml --out slim
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from netslim.graph.api import ChannelPruneConfig, ChannelPruneResult, prune_channels
 from netslim.methods.base import MethodConfig, Scope
@@ -29,6 +29,7 @@ class ChannelsConfig(MethodConfig, ChannelPruneConfig):
     """A ``channels`` stage: :class:`ChannelPruneConfig` fields plus ``method``."""
 
     method: Literal["channels"] = "channels"
+    scope: ClassVar[Scope] = Scope.GRAPH
 
     @property
     def needs_calibration(self) -> bool:
@@ -46,7 +47,7 @@ class ChannelsConfig(MethodConfig, ChannelPruneConfig):
         return ChannelsConfig(**{**fields, **updates})
 
 
-@register_method("channels", ChannelsConfig, scope=Scope.GRAPH)
+@register_method("channels", ChannelsConfig)
 def channels(task, cfg: ChannelsConfig) -> ChannelPruneResult:
     """Prune ``task.model`` in place; returns the plan, the before/after params and MACs, per-group widths."""
     return prune_channels(task.model, task.example_inputs, cfg.for_task(task), loss_fn=task.loss_fn)

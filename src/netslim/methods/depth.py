@@ -42,6 +42,9 @@ class DepthConfig(MethodConfig):
         blocks: Number of blocks to remove instead of ``ratio``.
         score: ``block_influence`` (ShortGPT) or ``perplexity`` (each block skipped in turn).
         score_windows: Calibration windows used for scoring.
+        remove: The indices of the blocks to remove; filled in by the run (the scores'
+            decision, so the saved recipe replays exactly), may also be given by hand (then
+            ratio and blocks are not consulted, nothing is scored and no data is needed).
     """
 
     method: Literal["depth"] = "depth"
@@ -49,16 +52,25 @@ class DepthConfig(MethodConfig):
     blocks: int | None = Field(default=None, ge=1)
     score: Literal["block_influence", "perplexity"] = "block_influence"
     score_windows: int = Field(default=16, ge=1)
+    remove: tuple[int, ...] | None = None
 
+    scope: ClassVar[Scope] = Scope.MODEL
     needs: ClassVar[frozenset[Stat]] = frozenset({Stat.ACT_NORM})
 
     @model_validator(mode="after")
     def _one_amount(self) -> DepthConfig:
-        if (self.ratio is None) == (self.blocks is None):
-            raise ValueError("give exactly one of ratio (fraction of blocks) or blocks (a count)")
+        if self.remove is None and (self.ratio is None) == (self.blocks is None):
+            raise ValueError("give exactly one of ratio (fraction of blocks) or blocks (a count), or remove (indices)")
         if self.ignore or self.true_sequential:
             raise ValueError("depth removes whole blocks; ignore and true_sequential do not apply")
+        if self.remove is not None and (len(set(self.remove)) != len(self.remove) or min(self.remove, default=0) < 0):
+            raise ValueError("remove must list distinct block indices")
         return self
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Scoring needs data; removing given blocks does not."""
+        return self.remove is None
 
     accepts: ClassVar[frozenset[str] | None] = None  # whole blocks go, whatever their layers are
 
@@ -71,7 +83,12 @@ class DepthConfig(MethodConfig):
 
     def count(self, num_blocks: int) -> int:
         """Blocks to remove from a model of ``num_blocks`` blocks."""
-        n = self.blocks if self.blocks is not None else round(self.ratio * num_blocks)
+        if self.remove is not None:
+            if max(self.remove, default=0) >= num_blocks:
+                raise ConfigError(f"depth: remove names block {max(self.remove)}; the model has {num_blocks} blocks")
+            n = len(self.remove)
+        else:
+            n = self.blocks if self.blocks is not None else round(self.ratio * num_blocks)
         if n == 0:
             raise ConfigError(f"depth: ratio={self.ratio} of {num_blocks} blocks rounds to 0 blocks; raise it or give blocks")
         if n >= num_blocks:
@@ -115,17 +132,23 @@ def skip_perplexity(adapter: ModelAdapter, states: list[torch.Tensor], calls: li
     return torch.tensor(scores)
 
 
-@register_method("depth", DepthConfig, scope=Scope.MODEL)
-def depth(adapter: ModelAdapter, calibration: TokenWindows | None, cfg: DepthConfig, log) -> None:
-    """Score every block on the dense model and remove the least important ones."""
-    if calibration is None:
-        raise ConfigError("depth pruning needs calibration data; pass calibration windows")
+@register_method("depth", DepthConfig)
+def depth(adapter: ModelAdapter, calibration: TokenWindows | None, cfg: DepthConfig, log) -> DepthConfig:
+    """Score every block on the dense model and remove the least important ones (or the
+    blocks ``remove`` names); return the config with the removed blocks spelled out."""
     n = cfg.count(adapter.num_blocks)
-    ids = calibration.ids[: cfg.score_windows]
-    states, calls = block_states(adapter, ids)
-    scores = block_influence(states) if cfg.score == "block_influence" else skip_perplexity(adapter, states, calls, ids)
-    del states
-    drop = sorted(torch.topk(scores, n, largest=False).indices.tolist())
+    if cfg.remove is not None:
+        drop, scores = sorted(cfg.remove), None
+    else:
+        if calibration is None:
+            raise ConfigError("depth pruning needs calibration data; pass calibration windows")
+        ids = calibration.ids[: cfg.score_windows]
+        states, calls = block_states(adapter, ids)
+        scores = block_influence(states) if cfg.score == "block_influence" else skip_perplexity(adapter, states, calls, ids)
+        del states
+        drop = sorted(torch.topk(scores, n, largest=False).indices.tolist())
     for index in drop:
-        log.add(adapter.block_name(index), adapter.blocks[index], cfg.method, {"removed": True, cfg.score: float(scores[index])})
+        extra = {"removed": True} if scores is None else {"removed": True, cfg.score: float(scores[index])}
+        log.add(adapter.block_name(index), adapter.blocks[index], cfg.method, extra)
     surgery.remove_blocks(adapter, drop)
+    return cfg.model_copy(update={"remove": tuple(drop)})

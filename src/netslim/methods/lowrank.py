@@ -33,10 +33,9 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from netslim.data.windows import TokenWindows
 from netslim.engine.stats import LayerStats, Stat
 from netslim.errors import ConfigError
-from netslim.methods.base import LayerView, MethodConfig, ModelShape
+from netslim.methods.base import LayerView, MethodConfig, ModelShape, Sweep
 from netslim.methods.registry import register_method
 from netslim.models.adapter import ModelAdapter, linear_weight
 from netslim.nn.lowrank import FactorizedLinear
@@ -89,7 +88,7 @@ class LowRankConfig(MethodConfig):
         """Rank-``rank`` factors of ``weight`` (out, in) and report fields; per method."""
         raise NotImplementedError
 
-    def plan(self, adapter: ModelAdapter, calibration: TokenWindows | None) -> LowRankConfig:
+    def plan(self, adapter: ModelAdapter, sweep: Sweep | None) -> LowRankConfig:
         """For ``allocation: sensitivity``, sweep the model for every spectrum and fix the ranks.
 
         Raises:
@@ -103,7 +102,7 @@ class LowRankConfig(MethodConfig):
         if self.allocation == "uniform":
             return self
         spectra: dict[str, MatrixSpectrum] = {}
-        for index, stats in self._sweep(adapter, calibration):
+        for index, stats in self._sweep(adapter, sweep):
             for name, module in adapter.block_linears(index).items():
                 if not self.ignores(name):
                     weight = linear_weight(module)
@@ -112,14 +111,12 @@ class LowRankConfig(MethodConfig):
         ranks = sensitivity_ranks(spectra, self.ratio)
         return self.model_copy(update={"ranks": {name: r for name, r in ranks.items() if r is not None}})
 
-    def _sweep(self, adapter: ModelAdapter, calibration: TokenWindows | None):
+    def _sweep(self, adapter: ModelAdapter, sweep: Sweep | None):
         if not self.needs:
             return ((index, {}) for index in range(adapter.num_blocks))
-        if calibration is None:
+        if sweep is None:
             raise ConfigError(f"method {self.method} needs calibration data; pass calibration windows")
-        from netslim.engine.sequential import iter_block_stats  # noqa: PLC0415  (the engine imports methods)
-
-        return iter_block_stats(adapter, calibration, self.needs)
+        return sweep(self.needs)
 
 
 class SVDConfig(LowRankConfig):

@@ -23,10 +23,9 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from netslim.data.windows import TokenWindows
 from netslim.engine.stats import Stat
 from netslim.errors import ConfigError
-from netslim.methods.base import LayerView, MethodConfig, ModelShape
+from netslim.methods.base import LayerView, MethodConfig, ModelShape, Sweep
 from netslim.models.adapter import ModelAdapter, linear_weight
 from netslim.ops.masks import layer_mask, nm_mask, parse_pattern, row_mask
 from netslim.ops.owl import outlier_ratio, owl_sparsities
@@ -125,16 +124,14 @@ class PruningConfig(MethodConfig):
             raise ConfigError(f"block_sparsity has {len(self.block_sparsity)} entries; the model has more blocks")
         return self.block_sparsity[block_index]
 
-    def plan(self, adapter: ModelAdapter, calibration: TokenWindows | None) -> PruningConfig:
+    def plan(self, adapter: ModelAdapter, sweep: Sweep | None) -> PruningConfig:
         """For ``allocation: owl``, sweep the model once and fix ``block_sparsity``."""
         if self.allocation == "uniform" or self.block_sparsity is not None:
             return self
-        if calibration is None:
+        if sweep is None:
             raise ConfigError("allocation: owl needs calibration data; pass calibration windows")
-        from netslim.engine.sequential import iter_block_stats  # noqa: PLC0415  (the engine imports methods)
-
         ratios = []
-        for index, stats in iter_block_stats(adapter, calibration, frozenset({Stat.ACT_NORM})):
+        for index, stats in sweep(frozenset({Stat.ACT_NORM})):
             scores = [
                 linear_weight(module).abs().float() * stats[name].act_norm.to(module.weight.device).unsqueeze(0)
                 for name, module in adapter.block_linears(index).items()

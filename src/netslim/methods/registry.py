@@ -1,4 +1,4 @@
-"""Method registry: name -> (config class, function, scope).
+"""Method registry: name -> config class, whose ``handler`` the decorator binds.
 
 Example:
     >>> @register_method("wanda", WandaConfig)
@@ -10,39 +10,34 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from netslim.errors import ConfigError, did_you_mean
-from netslim.methods.base import MethodConfig, Scope
+from netslim.methods.base import MethodConfig
 
 
-@dataclass(frozen=True)
-class MethodEntry:
-    """A registered method."""
-
-    name: str
-    config_cls: type[MethodConfig]
-    fn: Callable[..., Any]
-    scope: Scope
+_METHODS: dict[str, type[MethodConfig]] = {}
 
 
-_METHODS: dict[str, MethodEntry] = {}
+def register_method(name: str, config_cls: type[MethodConfig]):
+    """Decorator binding ``fn`` as the handler of ``config_cls``, registered as method ``name``.
 
-
-def register_method(name: str, config_cls: type[MethodConfig], scope: Scope = Scope.LAYER):
-    """Decorator registering ``fn`` as method ``name`` with its config class.
+    The config class carries its scope (``scope`` class attribute, default ``Scope.LAYER``);
+    the engine calls ``config.handler`` on the configs it is given.
 
     Raises:
-        ConfigError: if the name is taken.
+        ConfigError: if the name is taken or the class is already bound.
     """
 
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _METHODS:
             raise ConfigError(f"method '{name}' is already registered")
-        _METHODS[name] = MethodEntry(name, config_cls, fn, scope)
+        if "handler" in vars(config_cls) and config_cls.handler is not None:
+            raise ConfigError(f"{config_cls.__name__} is already bound to a handler")
+        config_cls.handler = staticmethod(fn)
+        _METHODS[name] = config_cls
         return fn
 
     return decorator
@@ -50,7 +45,9 @@ def register_method(name: str, config_cls: type[MethodConfig], scope: Scope = Sc
 
 def unregister_method(name: str) -> None:
     """Remove a method (for tests and plugins that register temporary methods)."""
-    _METHODS.pop(name, None)
+    config_cls = _METHODS.pop(name, None)
+    if config_cls is not None and "handler" in vars(config_cls):
+        config_cls.handler = None
 
 
 def method_names() -> list[str]:
@@ -58,8 +55,8 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
-def get_method(name: str) -> MethodEntry:
-    """Look up a method.
+def get_method(name: str) -> type[MethodConfig]:
+    """The config class of method ``name`` (its ``handler`` and ``scope`` are class attributes).
 
     Raises:
         ConfigError: naming the close match and the registered methods.
@@ -90,25 +87,26 @@ def build_config(stage: MethodConfig | Mapping[str, Any], where: str = "") -> Me
         raise ConfigError(f"{where}a stage must be a mapping with a 'method' key, got {stage!r}")
     if "method" not in stage:
         raise ConfigError(f"{where}missing 'method' (registered: {', '.join(method_names())})")
-    entry = get_method(str(stage["method"]))
+    name = str(stage["method"])
+    config_cls = get_method(name)
     try:
-        return entry.config_cls(**stage)
+        return config_cls(**stage)
     except ValidationError as exc:
-        raise ConfigError(where + _explain(exc, entry)) from None
+        raise ConfigError(where + _explain(exc, name, config_cls)) from None
 
 
-def _explain(exc: ValidationError, entry: MethodEntry) -> str:
-    fields = [f for f in entry.config_cls.model_fields if f != "method"]
+def _explain(exc: ValidationError, name: str, config_cls: type[MethodConfig]) -> str:
+    fields = [f for f in config_cls.model_fields if f != "method"]
     problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "config"
         if err["type"] == "extra_forbidden":
             problems.append(
-                f"unknown setting '{key}' for {entry.name}{did_you_mean(key, fields)} "
+                f"unknown setting '{key}' for {name}{did_you_mean(key, fields)} "
                 f"(valid: {', '.join(fields)})"
             )
         else:
             message = err["msg"].removeprefix("Value error, ")
             shown = f"={err['input']!r}" if "input" in err and not isinstance(err["input"], dict) else ""
-            problems.append(f"{entry.name}: {key}{shown}: {message}")
+            problems.append(f"{name}: {key}{shown}: {message}")
     return "; ".join(problems)

@@ -52,6 +52,7 @@ class SliceGPTConfig(MethodConfig):
     round_to: int = Field(default=8, ge=1)
     damp: float = Field(default=0.01, ge=0.0)
 
+    scope: ClassVar[Scope] = Scope.MODEL
     needs: ClassVar[frozenset[Stat]] = frozenset({Stat.HESSIAN})
 
     @model_validator(mode="after")
@@ -117,7 +118,7 @@ def _slice_block(
     return _project(output, basis_out), basis_out, {**dims, "params": params}
 
 
-@register_method("slicegpt", SliceGPTConfig, scope=Scope.MODEL)
+@register_method("slicegpt", SliceGPTConfig)
 def slicegpt(adapter: ModelAdapter, calibration: TokenWindows | None, cfg: SliceGPTConfig, log) -> None:
     """Fuse norms, then rotate and slice the embeddings, every block and the LM head.
 

@@ -60,6 +60,11 @@ class WidthConfig(MethodConfig):
             ``flap`` only.
         prune_attention: Whether heads may be removed (else only neurons).
         taylor_windows: Calibration windows used for gradients with ``score: taylor``.
+        block_units: Attention units (key-value groups, or query-head slices in ``query``
+            mode) removed per block; filled in by the run (the allocation's decision, so the
+            saved recipe replays exactly), may also be given by hand with ``block_neurons``
+            (then ``ratio`` and ``allocation`` are not consulted).
+        block_neurons: MLP neurons removed per block (see ``block_units``).
     """
 
     method: Literal["width"] = "width"
@@ -70,17 +75,28 @@ class WidthConfig(MethodConfig):
     compensate: bool | None = None
     prune_attention: bool = True
     taylor_windows: int = Field(default=8, ge=1)
+    block_units: tuple[int, ...] | None = None
+    block_neurons: tuple[int, ...] | None = None
 
+    scope: ClassVar[Scope] = Scope.MODEL
     needs: ClassVar[frozenset[Stat]] = frozenset({Stat.ACT_NORM})
 
     @model_validator(mode="after")
     def _whole_model(self) -> WidthConfig:
         if self.ignore or self.true_sequential:
             raise ValueError("width scores and cuts every block together; ignore and true_sequential do not apply")
+        if (self.block_units is None) != (self.block_neurons is None):
+            raise ValueError("give both block_units and block_neurons (one entry per block), or neither")
+        if self.block_units is not None and (len(self.block_units) != len(self.block_neurons)
+                                             or min(self.block_units + self.block_neurons, default=0) < 0):
+            raise ValueError("block_units and block_neurons need one non-negative count per block each")
         return self
 
     def preflight(self, shape: ModelShape) -> None:
         """Acts on float layers; afterwards the projections' widths are not known in advance."""
+        if self.block_units is not None and len(self.block_units) != shape.num_blocks:
+            raise ConfigError(f"width: block_units has {len(self.block_units)} entries; the model has "
+                              f"{shape.num_blocks} blocks")
         super().preflight(shape)
         for layer in shape.layers.values():
             layer.in_features = layer.out_features = None
@@ -193,6 +209,13 @@ def _block_scores(adapter, index, cfg, stats, grads) -> BlockScores:
 
 def _plan(scores: list[BlockScores], cfg: WidthConfig) -> list[tuple[int, int]]:
     """(head units, neurons) to remove per block."""
+    if cfg.block_units is not None:
+        for index, (units, neurons) in enumerate(zip(cfg.block_units, cfg.block_neurons)):
+            if units > scores[index].head_units.numel() or neurons >= scores[index].neurons.numel():
+                raise ConfigError(f"width: block {index} cannot lose {units} attention units and {neurons} "
+                                  f"neurons (it has {scores[index].head_units.numel()} and "
+                                  f"{scores[index].neurons.numel()})")
+        return list(zip(cfg.block_units, cfg.block_neurons))
     if cfg.allocation == "uniform":
         return [_uniform(s, cfg.ratio) for s in scores]
     pools, candidates = {}, []
@@ -235,9 +258,10 @@ def _cut_block(adapter, index, s: BlockScores, n_units: int, n_neurons: int, sta
             "removed_heads": removed_q.tolist(), "removed_neurons": int(removed_n.numel())}
 
 
-@register_method("width", WidthConfig, scope=Scope.MODEL)
-def width(adapter: ModelAdapter, calibration: TokenWindows | None, cfg: WidthConfig, log) -> None:
-    """Score every block on the dense model, allocate the removals, then cut."""
+@register_method("width", WidthConfig)
+def width(adapter: ModelAdapter, calibration: TokenWindows | None, cfg: WidthConfig, log) -> WidthConfig:
+    """Score every block on the dense model, allocate the removals, then cut; return the
+    config with the per-block counts it removed."""
     surgery.check_width_supported(adapter)
     data_needed = cfg.score in ("wanda", "flap", "taylor") or cfg.compensates
     if data_needed and calibration is None:
@@ -245,8 +269,10 @@ def width(adapter: ModelAdapter, calibration: TokenWindows | None, cfg: WidthCon
     stats = _channel_stats(adapter, calibration) if cfg.score in ("wanda", "flap") or cfg.compensates else None
     grads = _taylor_grads(adapter, calibration, cfg.taylor_windows) if cfg.score == "taylor" else None
     scores = [_block_scores(adapter, i, cfg, stats and stats[i], grads) for i in range(adapter.num_blocks)]
-    for index, (units, neurons) in enumerate(_plan(scores, cfg)):
+    plan = _plan(scores, cfg)
+    for index, (units, neurons) in enumerate(plan):
         extra = _cut_block(adapter, index, scores[index], units, neurons, stats and stats[index], cfg)
         for name, module in adapter.block_linears(index).items():
             log.add(name, module, cfg.method, extra if name.endswith(adapter.spec.attn_out) else None)
     surgery.sync_config(adapter)
+    return cfg.model_copy(update={"block_units": tuple(u for u, _ in plan), "block_neurons": tuple(n for _, n in plan)})
