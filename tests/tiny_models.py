@@ -22,6 +22,19 @@ TINY_CONFIGS = {
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=128, max_position_embeddings=128, head_dim=16,
     ),
+    "qwen3": lambda: T.Qwen3Config(  # per-head q/k norms
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=128,
+    ),
+    "gemma": lambda: T.GemmaConfig(  # RMSNorm scaled by 1 + w, scaled embeddings
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=128,
+    ),
+    "gemma2": lambda: T.Gemma2Config(  # sandwich norms, logit soft-capping, sliding window
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=128,
+        sliding_window=16, query_pre_attn_scalar=16,
+    ),
     "gemma3_text": lambda: T.Gemma3TextConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=128,
