@@ -1,15 +1,19 @@
-"""Shared pieces of the benchmark scripts: the small protocol, timing, JSON output."""
+"""Shared pieces of the benchmark scripts: the small protocol, sizes, timing, JSON output."""
 
 from __future__ import annotations
 
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import netslim
+from netslim.eval.latency import compare_latency
+from netslim.eval.size import count_params
+from netslim.models.adapter import ModelAdapter
 
 RESULTS = Path(__file__).parent / "results"
 SMALL_PROTOCOL = {
@@ -35,6 +39,65 @@ def calib_windows(lm: netslim.LoadedModel, protocol: dict):
     """The calibration windows of the protocol."""
     return netslim.calibration(lm, source=protocol["calib"], windows=protocol["calib_windows"],
                                seqlen=protocol["seqlen"], seed=protocol["seed"])
+
+
+def protocol_line(protocol: dict, windows: int | None = None) -> str:
+    """The start of a table's protocol note: model, evaluation and calibration windows, seed.
+
+    Args:
+        windows: Evaluation windows actually used (default: the protocol's).
+    """
+    windows = protocol["eval_windows"] if windows is None else windows
+    return (f"\nProtocol: {protocol['model']}, WikiText-2 test, first {windows} windows of {protocol['seqlen']} "
+            f"tokens; calibration {protocol['calib_windows']} windows of WikiText-2 valid, seed {protocol['seed']}")
+
+
+def decoder_params(model) -> int:
+    """Parameters of the decoder blocks (the shortcut matrices of sliced blocks included)."""
+    return count_params(ModelAdapter.from_model(model).blocks)
+
+
+def side_by_side_latency(dense, model, name: str, prompt, repeats: int, threads: int) -> dict:
+    """Prefill of ``prompt`` and 64 generated tokens, ``dense`` and ``model`` (``name``) interleaved."""
+    lat = compare_latency({"dense": dense, name: model}, prompt, new_tokens=64, repeats=repeats, threads=threads)
+    return {"dense": lat["dense"].as_dict(), name: lat[name].as_dict(),
+            "prefill_speedup": lat["dense"].prefill_s / lat[name].prefill_s,
+            "generate_speedup": lat["dense"].generate_s / lat[name].generate_s}
+
+
+@dataclass
+class DenseBaseline:
+    """Where a benchmark comparing compressed copies of the protocol's model starts.
+
+    Attributes:
+        name: Results name (``<base>`` or ``<base>_quick``).
+        rows: Rows saved by earlier runs under the same protocol (extended in place).
+        dense: The dense model's evaluation and decoder parameters (saved, or measured now).
+    """
+
+    name: str
+    protocol: dict
+    rows: dict
+    dense_lm: netslim.LoadedModel
+    windows: object
+    calib: object
+    dense: dict
+
+
+def dense_baseline(base: str, quick: bool) -> DenseBaseline:
+    """The protocol, earlier rows, the dense model with its windows, and its evaluation."""
+    protocol = protocol_for(quick)
+    name = base + ("_quick" if quick else "")
+    saved = saved_results(name, protocol)
+    rows = saved.get("results", {})
+    dense_lm = netslim.load_model(protocol["model"])
+    windows = eval_windows(dense_lm, protocol)
+    calib = calib_windows(dense_lm, protocol)
+    dense = saved.get("dense")
+    if dense is None:
+        dense = {**netslim.evaluate(dense_lm, data=windows, progress=False).as_dict(),
+                 "decoder_params": decoder_params(dense_lm.model)}
+    return DenseBaseline(name, protocol, rows, dense_lm, windows, calib, dense)
 
 
 def machine() -> dict:

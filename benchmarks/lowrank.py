@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 import netslim
-from _common import SMALL_PROTOCOL, calib_windows, eval_windows, protocol_for, saved_results, write_results
+from _common import SMALL_PROTOCOL, calib_windows, eval_windows, protocol_for, protocol_line, saved_results, write_results
 from netslim.eval.latency import compare_latency
-from netslim.eval.size import folder_weight_bytes
+from netslim.eval.size import count_params, folder_weight_bytes
 from netslim.models.adapter import ModelAdapter
 
 RATIOS = (10, 20, 30, 40)
@@ -53,9 +53,7 @@ def grid() -> dict[str, tuple[int | None, list[dict]]]:
 def projection_params(model: torch.nn.Module) -> int:
     """Parameters of the decoder blocks' projections (dense, factorized or wrapped)."""
     adapter = ModelAdapter.from_model(model)
-    return sum(
-        p.numel() for i in range(adapter.num_blocks) for m in adapter.block_linears(i).values() for p in m.parameters()
-    )
+    return sum(count_params(m) for i in range(adapter.num_blocks) for m in adapter.block_linears(i).values())
 
 
 def saved_bytes(lm: netslim.LoadedModel, result=None) -> int:
@@ -123,9 +121,7 @@ def table(rows: dict, protocol: dict) -> str:
             f"{r['size_bytes'] / 1e6:.0f} | {speedup:.2f}x | {r.get('compress_seconds', 0):.0f} |"
         )
     lines.append(
-        f"\nProtocol: {protocol['model']}, WikiText-2 test, first {protocol['eval_windows']} windows of "
-        f"{protocol['seqlen']} tokens; calibration {protocol['calib_windows']} windows of WikiText-2 valid, "
-        f"seed {protocol['seed']}; fp32, CPU. 'removed': fraction of decoder projection parameters removed "
+        protocol_line(protocol) + "; fp32, CPU. 'removed': fraction of decoder projection parameters removed "
         "(GPTQ keeps every projection's shape in 3-bit codes; EoRA r32 adds rank-32 fp32 factors to each). "
         "Prefill speedup: dense / compressed median time of a 1x512 prefill, 1 thread, interleaved in one "
         "process on a shared 2-core machine. Size: safetensors written by netslim.save."

@@ -15,11 +15,11 @@ import argparse
 import time
 
 import netslim
-from _common import calib_windows, eval_windows, protocol_for, write_results
+from _common import calib_windows, eval_windows, protocol_for, protocol_line, write_results
 
 CONFIGS = {
-    "magnitude 50%": {"method": "magnitude", "sparsity": 0.5},
-    "wanda 50%": {"method": "wanda", "sparsity": 0.5},
+    "magnitude 50%": {"method": "magnitude", "ratio": 0.5},
+    "wanda 50%": {"method": "wanda", "ratio": 0.5},
     "magnitude 2:4": {"method": "magnitude", "pattern": "2:4"},
     "wanda 2:4": {"method": "wanda", "pattern": "2:4"},
 }
@@ -50,9 +50,7 @@ def main() -> None:
         *[f"| {k} | {v['ppl']:.2f} | {v['ppl'] / dense_ppl:.2f}x | {v['nonzero_params'] / 1e6:.1f}M | "
           f"{v['compress_seconds']:.0f} |" for k, v in rows.items()],
     ]
-    proto_line = (f"\nProtocol: {protocol['model']}, WikiText-2 test, first {windows.describe()['windows']} windows of "
-                  f"{protocol['seqlen']} tokens; calibration {protocol['calib_windows']} windows of WikiText-2 valid, "
-                  f"seed {protocol['seed']}; fp32, CPU.")
+    proto_line = protocol_line(protocol, windows.describe()["windows"]) + "; fp32, CPU."
     write_results("pruning" + ("_quick" if args.quick else ""), {"protocol": protocol, "results": rows},
                   "\n".join(lines) + proto_line)
     print("\n".join(lines) + proto_line)

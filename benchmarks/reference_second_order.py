@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 import netslim
-from _common import calib_windows, eval_windows, protocol_for, saved_results, write_results
+from _common import calib_windows, eval_windows, protocol_for, protocol_line, saved_results, write_results
 
 CONFIGS = {
-    "sparsegpt50": {"method": "sparsegpt", "sparsity": 0.5},
+    "sparsegpt50": {"method": "sparsegpt", "ratio": 0.5},
     "sparsegpt24": {"method": "sparsegpt", "pattern": "2:4"},
     "gptq4": {"method": "gptq", "bits": 4, "group_size": 128},
     "gptq3": {"method": "gptq", "bits": 3, "group_size": 128},
@@ -87,7 +87,7 @@ def _reference_compress(model: torch.nn.Module, stage: dict, calib, repo: Path) 
             for obj in layers.values():
                 if is_sparsegpt:
                     n, m = (2, 4) if "pattern" in stage else (0, 0)
-                    obj.fasterprune(stage.get("sparsity", 0.5), prunen=n, prunem=m, blocksize=128, percdamp=0.01)
+                    obj.fasterprune(stage.get("ratio", 0.5), prunen=n, prunem=m, blocksize=128, percdamp=0.01)
                 else:
                     obj.fasterquant(blocksize=128, percdamp=0.01, groupsize=stage["group_size"], actorder=False)
                 obj.free()
@@ -123,10 +123,8 @@ def table(rows: dict, protocol: dict) -> str:
                      f"{ref['compress_seconds']:.0f} / {ours['compress_seconds']:.0f} | "
                      f"{ref['peak_rss_bytes'] / 1e9:.2f} / {ours['peak_rss_bytes'] / 1e9:.2f} |")
     lines.append(
-        f"\nProtocol: {protocol['model']}, WikiText-2 test, first {protocol['eval_windows']} windows of "
-        f"{protocol['seqlen']} tokens; calibration {protocol['calib_windows']} windows of WikiText-2 valid, seed "
-        f"{protocol['seed']}, the same tensor for both sides; fp32, CPU, {torch.get_num_threads()} threads; each side "
-        "in its own process, one after the other; peak RSS measured during compression only.")
+        protocol_line(protocol) + f", the same tensor for both sides; fp32, CPU, {torch.get_num_threads()} threads; "
+        "each side in its own process, one after the other; peak RSS measured during compression only.")
     return "\n".join(lines)
 
 

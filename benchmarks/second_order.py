@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 import netslim
-from _common import calib_windows, eval_windows, protocol_for, saved_results, write_results
+from _common import calib_windows, eval_windows, protocol_for, protocol_line, saved_results, write_results
 
 CONFIGS = {
     "dense": [],
-    "sparsegpt 50%": [{"method": "sparsegpt", "sparsity": 0.5}],
+    "sparsegpt 50%": [{"method": "sparsegpt", "ratio": 0.5}],
     "gptq 4-bit g128": [{"method": "gptq", "bits": 4, "group_size": 128}],
     "gptq 4-bit g128 act-order": [{"method": "gptq", "bits": 4, "group_size": 128, "act_order": True}],
     "rtn 4-bit g128": [{"method": "rtn", "bits": 4, "group_size": 128}],
@@ -38,12 +38,12 @@ CONFIGS = {
     "gptq 3-bit g128": [{"method": "gptq", "bits": 3, "group_size": 128}],
     "rtn 3-bit g128": [{"method": "rtn", "bits": 3, "group_size": 128}],
     "sparsegpt 50% + gptq 4-bit g128": [
-        {"method": "sparsegpt", "sparsity": 0.5},
+        {"method": "sparsegpt", "ratio": 0.5},
         {"method": "gptq", "bits": 4, "group_size": 128},
     ],
-    "wanda 50% owl": [{"method": "wanda", "sparsity": 0.5, "allocation": "owl"}],
-    "wanda 70% owl": [{"method": "wanda", "sparsity": 0.7, "allocation": "owl"}],
-    "wanda 70%": [{"method": "wanda", "sparsity": 0.7}],
+    "wanda 50% owl": [{"method": "wanda", "ratio": 0.5, "allocation": "owl"}],
+    "wanda 70% owl": [{"method": "wanda", "ratio": 0.7, "allocation": "owl"}],
+    "wanda 70%": [{"method": "wanda", "ratio": 0.7}],
 }
 
 
@@ -110,9 +110,7 @@ def table(rows: dict, protocol: dict) -> str:
         lines.append(f"| {name} | {r['ppl']:.2f} | {ratio} | {r['compress_seconds']:.0f} | "
                      f"{r['peak_rss_bytes'] / 1e9:.2f} | {size} | {bits} |")
     lines.append(
-        f"\nProtocol: {protocol['model']}, WikiText-2 test, first {protocol['eval_windows']} windows of "
-        f"{protocol['seqlen']} tokens; calibration {protocol['calib_windows']} windows of WikiText-2 valid, "
-        f"seed {protocol['seed']}; fp32, CPU, each configuration in its own process. Size: safetensors "
+        protocol_line(protocol) + "; fp32, CPU, each configuration in its own process. Size: safetensors "
         "written by netslim.save(format='packed', dtype=float16); bits/weight over the decoder Linear weights."
     )
     return "\n".join(lines)

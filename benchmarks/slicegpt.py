@@ -23,18 +23,12 @@ import time
 from pathlib import Path
 
 import netslim
-from _common import calib_windows, eval_windows, protocol_for, saved_results, write_results
-from netslim.eval.latency import compare_latency
+from _common import decoder_params, dense_baseline, protocol_line, side_by_side_latency, write_results
 from netslim.eval.size import folder_weight_bytes
 from netslim.models.adapter import ModelAdapter
 from netslim.models.rotate import sliced_block_params
 
 ROUND_TO = 8
-
-
-def decoder_params(model) -> int:
-    """Parameters of the decoder blocks (shortcut matrices included)."""
-    return sum(p.numel() for p in ModelAdapter.from_model(model).blocks.parameters())
 
 
 def slicing_for(dense_model, target: float) -> tuple[float, int, float]:
@@ -55,7 +49,7 @@ def run_one(target, protocol, calib, windows, dense_lm, prompt, args, tmp) -> di
     slicing, width, predicted = slicing_for(dense_lm.model, target)
     lm = netslim.load_model(protocol["model"])
     start = time.perf_counter()
-    result = netslim.compress(lm, netslim.SliceGPTConfig(slicing=slicing, round_to=ROUND_TO), calib, progress=False)
+    result = netslim.compress(lm, netslim.SliceGPTConfig(ratio=slicing, round_to=ROUND_TO), calib, progress=False)
     seconds = time.perf_counter() - start
     folder = netslim.save(result, tmp / f"slicegpt-{target:.2f}", overwrite=True)
     row = {"target_removed": target, "slicing": slicing, "width": width, "predicted_removed": predicted,
@@ -63,11 +57,7 @@ def run_one(target, protocol, calib, windows, dense_lm, prompt, args, tmp) -> di
            "decoder_params": decoder_params(lm.model), "saved_bytes": folder_weight_bytes(folder),
            "blocks": [{k: r[k] for k in ("d_in", "d_mid", "d_out", "params")} for r in result.layers]}
     if args.repeats:
-        lat = compare_latency({"dense": dense_lm.model, "sliced": lm.model}, prompt, new_tokens=64,
-                              repeats=args.repeats, threads=args.threads)
-        row["latency"] = {"dense": lat["dense"].as_dict(), "sliced": lat["sliced"].as_dict(),
-                          "prefill_speedup": lat["dense"].prefill_s / lat["sliced"].prefill_s,
-                          "generate_speedup": lat["dense"].generate_s / lat["sliced"].generate_s}
+        row["latency"] = side_by_side_latency(dense_lm.model, lm.model, "sliced", prompt, args.repeats, args.threads)
     return row
 
 
@@ -88,10 +78,8 @@ def table(rows: dict, dense: dict, protocol: dict, threads: int) -> str:
         lines.append(f"| {r['target_removed']:.0%} | {r['slicing']:.1%} | {r['width']} | {removed:.1%} | {r['ppl']:.2f} | "
                      f"{r['params'] / 1e6:.1f}M | {r['size_bytes'] / 1e6:.0f} | {speed} | {r['compress_seconds']:.0f} |")
     lines.append(
-        f"\nProtocol: {protocol['model']}, WikiText-2 test, first {protocol['eval_windows']} windows of "
-        f"{protocol['seqlen']} tokens; calibration {protocol['calib_windows']} windows of WikiText-2 valid, seed "
-        f"{protocol['seed']}; fp32, CPU. 'slicing' is SliceGPT's fraction of the hidden dimension deleted; 'decoder "
-        "params removed' is measured on the decoder blocks, shortcut matrices included. Total params include the "
+        protocol_line(protocol) + "; fp32, CPU. 'slicing' is SliceGPT's fraction of the hidden dimension "
+        "deleted; 'decoder params removed' is measured on the decoder blocks, shortcut matrices included. Total params include the "
         "LM head, untied from the embeddings because the two are rotated differently. Speedups: dense / sliced "
         f"median time, prefill of 1x512 tokens and greedy generation of 64 tokens, {threads} thread(s), measured "
         "side by side in one process on a shared 2-core machine.")
@@ -108,19 +96,12 @@ def main() -> None:
                         help="torch threads for the timings (compression and evaluation use every core)")
     parser.add_argument("--tmp", default="/tmp/netslim-slicegpt-bench", help="where sliced models are saved")
     args = parser.parse_args()
-    protocol = protocol_for(args.quick)
-    name = "slicegpt" + ("_quick" if args.quick else "")
-    saved = saved_results(name, protocol)
-    rows = saved.get("results", {})
-    dense_lm = netslim.load_model(protocol["model"])
-    windows = eval_windows(dense_lm, protocol)
-    calib = calib_windows(dense_lm, protocol)
-    dense = saved.get("dense")
-    if dense is None:
-        dense = {**netslim.evaluate(dense_lm, data=windows, progress=False).as_dict(), "decoder_params": decoder_params(dense_lm.model)}
+    run = dense_baseline("slicegpt", args.quick)
+    protocol, rows, dense = run.protocol, run.rows, run.dense
     for target in args.targets:
-        rows[f"{target:.2f}"] = run_one(target, protocol, calib, windows, dense_lm, windows.ids[:1], args, Path(args.tmp))
-        write_results(name, {"protocol": protocol, "latency_threads": args.threads, "dense": dense, "results": rows},
+        rows[f"{target:.2f}"] = run_one(target, protocol, run.calib, run.windows, run.dense_lm, run.windows.ids[:1], args,
+                                        Path(args.tmp))
+        write_results(run.name, {"protocol": protocol, "latency_threads": args.threads, "dense": dense, "results": rows},
                       table(rows, dense, protocol, args.threads))
 
 

@@ -30,7 +30,7 @@ from netslim.export.load import read_marker
 
 CONFIGS = {
     "dense (uncompressed)": [],
-    "wanda 50%": [{"method": "wanda", "sparsity": 0.5}],
+    "wanda 50%": [{"method": "wanda", "ratio": 0.5}],
     "wanda 2:4": [{"method": "wanda", "pattern": "2:4"}],
     "rtn 4-bit g128": [{"method": "rtn", "bits": 4, "group_size": 128}],
     "rtn 8-bit per-channel": [{"method": "rtn", "bits": 8, "group_size": -1}],

@@ -22,9 +22,7 @@ import argparse
 import time
 
 import netslim
-from _common import calib_windows, eval_windows, protocol_for, saved_results, write_results
-from netslim.eval.latency import compare_latency
-from netslim.models.adapter import ModelAdapter
+from _common import decoder_params, dense_baseline, protocol_line, side_by_side_latency, write_results
 
 CONFIGS = {
     "width-magnitude": {"method": "width", "score": "magnitude"},
@@ -35,11 +33,6 @@ CONFIGS = {
     "depth-bi": {"method": "depth", "score": "block_influence"},
     "depth-ppl": {"method": "depth", "score": "perplexity"},
 }
-
-
-def decoder_params(model) -> int:
-    """Parameters of the decoder blocks."""
-    return sum(p.numel() for p in ModelAdapter.from_model(model).blocks.parameters())
 
 
 def stage_for(name: str, ratio: float) -> dict:
@@ -58,11 +51,7 @@ def run_one(name, ratio, protocol, calib, windows, dense_lm, prompt, args) -> di
            "decoder_params": decoder_params(lm.model),
            "shapes": sorted({(r.get("heads"), r.get("kv_heads"), r.get("intermediate")) for r in result.layers if "heads" in r})}
     if args.repeats:
-        lat = compare_latency({"dense": dense_lm.model, "pruned": lm.model}, prompt, new_tokens=64,
-                              repeats=args.repeats, threads=args.threads)
-        row["latency"] = {"dense": lat["dense"].as_dict(), "pruned": lat["pruned"].as_dict(),
-                          "prefill_speedup": lat["dense"].prefill_s / lat["pruned"].prefill_s,
-                          "generate_speedup": lat["dense"].generate_s / lat["pruned"].generate_s}
+        row["latency"] = side_by_side_latency(dense_lm.model, lm.model, "pruned", prompt, args.repeats, args.threads)
     return row
 
 
@@ -81,10 +70,8 @@ def table(rows: dict, dense: dict, protocol: dict, threads: int) -> str:
         lines.append(f"| {key} | {removed:.0%} | {r['ppl']:.2f} | {r['params'] / 1e6:.1f}M | "
                      f"{r['size_bytes'] / 1e6:.0f} | {speed} | {r['compress_seconds']:.0f} |")
     lines.append(
-        f"\nProtocol: {protocol['model']}, WikiText-2 test, first {protocol['eval_windows']} windows of "
-        f"{protocol['seqlen']} tokens; calibration {protocol['calib_windows']} windows of WikiText-2 valid, seed "
-        f"{protocol['seed']}; fp32, CPU. 'removed' is the fraction of decoder-block parameters removed. Speedups: "
-        f"dense / pruned median time, prefill of 1x512 tokens and greedy generation of 64 tokens, "
+        protocol_line(protocol) + "; fp32, CPU. 'removed' is the fraction of decoder-block parameters removed. "
+        f"Speedups: dense / pruned median time, prefill of 1x512 tokens and greedy generation of 64 tokens, "
         f"{threads} thread(s), measured side by side in one process on a shared 2-core machine.")
     return "\n".join(lines)
 
@@ -98,22 +85,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the timings (compression and evaluation use every core)")
     args = parser.parse_args()
-    protocol = protocol_for(args.quick)
-    name = "structured" + ("_quick" if args.quick else "")
-    saved = saved_results(name, protocol)
-    rows = saved.get("results", {})
-    dense_lm = netslim.load_model(protocol["model"])
-    windows = eval_windows(dense_lm, protocol)
-    calib = calib_windows(dense_lm, protocol)
-    dense = saved.get("dense")
-    if dense is None:
-        dense = {**netslim.evaluate(dense_lm, data=windows, progress=False).as_dict(), "decoder_params": decoder_params(dense_lm.model)}
-    prompt = windows.ids[:1]
+    run = dense_baseline("structured", args.quick)
+    protocol, rows, dense = run.protocol, run.rows, run.dense
+    prompt = run.windows.ids[:1]
     for config in args.only or list(CONFIGS):
         for ratio in args.ratios:
-            rows[f"{config} {ratio:.0%}"] = run_one(config, ratio, protocol, calib, windows, dense_lm, prompt, args)
-            write_results(name, {"protocol": protocol, "latency_threads": args.threads, "dense": dense, "results": rows},
-                          table(rows, dense, protocol, args.threads))
+            rows[f"{config} {ratio:.0%}"] = run_one(config, ratio, protocol, run.calib, run.windows, run.dense_lm, prompt,
+                                                    args)
+            write_results(run.name, {"protocol": protocol, "latency_threads": args.threads, "dense": dense,
+                                     "results": rows}, table(rows, dense, protocol, args.threads))
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def slim_structured(dense: nn.Module, flops_fraction: float, example: torch.Tens
     """A copy of ``dense`` with whole channels removed (L1 norm of each coupled group, same
     fraction per group) until the multiply-accumulates fall by ``flops_fraction``."""
     model = copy.deepcopy(dense)
-    result = prune_channels(model, (example[:1],), ChannelPruneConfig(target_flops=flops_fraction, importance="l1"))
+    result = prune_channels(model, (example[:1],), ChannelPruneConfig(ratio=flops_fraction, measure="macs", importance="l1"))
     return model, {"before": result.before, "after": result.after, "groups": result.groups}
 
 

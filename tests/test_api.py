@@ -20,7 +20,7 @@ def _protocol(text):
 def test_job_writes_a_complete_report(tiny_folder, tmp_path):
     folder, text = tiny_folder
     out = tmp_path / "out"
-    result = compress_job(str(folder), [{"method": "wanda", "sparsity": 0.5}], out, _protocol(text), progress=False)
+    result = compress_job(str(folder), [{"method": "wanda", "ratio": 0.5}], out, _protocol(text), progress=False)
     report = json.loads((out / "report.json").read_text())
     assert report == json.loads(json.dumps(result.report))
     assert set(report) >= {"model", "recipe", "protocol", "baseline", "compressed", "compress_seconds", "peak_rss_bytes", "layers"}

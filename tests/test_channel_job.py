@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from cnn_models import build
 from typer.testing import CliRunner
 
 import netslim
@@ -12,7 +13,6 @@ from netslim.channel_job import channel_job
 from netslim.cli import app
 from netslim.errors import ConfigError
 from netslim.eval.vision import agreement
-from netslim.graph.testing_models import build
 from netslim.job import compress_job
 from netslim.models import tasks, zoo
 
@@ -46,7 +46,7 @@ def tiny_task(monkeypatch):
 
 def test_job_report_and_reload(tiny_task, tmp_path):
     out = tmp_path / "slim"
-    result = channel_job(tiny_task, {"method": "channels", "target_flops": 0.4, "importance": "taylor"}, out)
+    result = channel_job(tiny_task, {"method": "channels", "ratio": 0.4, "measure": "macs", "importance": "taylor"}, out)
     report = json.loads((out / "report.json").read_text())
     base, comp = report["baseline"], report["compressed"]
     assert report["kind"] == "channels" and report["model"] == NAME
@@ -69,22 +69,22 @@ def test_job_report_and_reload(tiny_task, tmp_path):
 
 def test_recipe_rejects_llm_methods_and_vice_versa(tiny_task, tmp_path):
     with pytest.raises(ConfigError, match="'wanda' needs a causal LM; tiny-mobile takes method channels"):
-        channel_job(tiny_task, {"method": "wanda", "sparsity": 0.5}, tmp_path / "o")
+        channel_job(tiny_task, {"method": "wanda", "ratio": 0.5}, tmp_path / "o")
     # An LLM recipe with a channels stage fails before the model is loaded (this path does not exist).
     with pytest.raises(ConfigError, match="'channels' prunes vision and encoder models"):
-        compress_job(str(tmp_path / "no-model"), {"method": "channels", "target_flops": 0.3}, tmp_path / "o")
+        compress_job(str(tmp_path / "no-model"), {"method": "channels", "ratio": 0.3, "measure": "macs"}, tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 
 def test_unreachable_target_is_one_line(tiny_task, tmp_path):
     with pytest.raises(ConfigError, match="cannot be reached"):
-        channel_job(tiny_task, {"method": "channels", "target_flops": 0.99, "max_group_ratio": 0.2}, None)
+        channel_job(tiny_task, {"method": "channels", "ratio": 0.99, "measure": "macs", "max_group_ratio": 0.2}, None)
 
 
 def test_cli_compress_and_info(tiny_task, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli"
-    result = runner.invoke(app, ["compress", NAME, "--method", "channels", "--set", "target_params=0.3",
+    result = runner.invoke(app, ["compress", NAME, "--method", "channels", "--set", "ratio=0.3",
                                  "--set", "allocation=global", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "of parameters" in result.output and "pruned" in result.output
@@ -95,7 +95,7 @@ def test_cli_compress_and_info(tiny_task, tmp_path):
     perplexity = runner.invoke(app, ["eval", str(out)])
     assert perplexity.exit_code == 2 and "not a language model" in perplexity.stderr
 
-    again = runner.invoke(app, ["compress", NAME, "--method", "channels", "--set", "target_params=0.3", "--out", str(out)])
+    again = runner.invoke(app, ["compress", NAME, "--method", "channels", "--set", "ratio=0.3", "--out", str(out)])
     assert again.exit_code == 2 and "already exists" in again.stderr
 
 
@@ -104,9 +104,9 @@ def test_cli_compress_and_info(tiny_task, tmp_path):
     [
         (["--method", "channels", "--set", "target_flop=0.3"], "unknown setting 'target_flop'"),
         (["--method", "channels", "--set", "target_flops"], "--set expects KEY=VALUE"),
-        (["--method", "channels", "--set", "target_flops=1.5"], "target_flops=1.5"),
+        (["--method", "channels", "--ratio", "1.5", "--set", "measure=macs"], "ratio=1.5"),
         (["--method", "gptq", "--set", "bits=4"], "'gptq' needs a causal LM"),
-        (["--method", "channels", "--set", "target_flops=0.3", "--set", "importance=2:4"], "importance='2:4'"),
+        (["--method", "channels", "--ratio", "0.3", "--set", "measure=macs", "--set", "importance=2:4"], "importance='2:4'"),
     ],
 )
 def test_cli_errors(tiny_task, tmp_path, args, message):

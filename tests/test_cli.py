@@ -18,7 +18,8 @@ def _run(*args):
     "args, message",
     [
         (["--method", "wandaa"], "unknown method 'wandaa'; did you mean 'wanda'?"),
-        (["--method", "wanda", "--sparsity", "1.5"], "sparsity=1.5"),
+        (["--method", "wanda", "--ratio", "1.5"], "ratio=1.5"),
+        (["--method", "wanda", "--sparsity", "0.5"], "--sparsity is now spelled --ratio"),
         (["--method", "wanda", "--pattern", "3:2"], "pattern '3:2'"),
         ([], "give --method"),
         (["--method", "wanda", "--recipe", "r.yaml"], "either --recipe or --method"),

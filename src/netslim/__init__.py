@@ -3,7 +3,7 @@
 Example:
     >>> import netslim
     >>> lm = netslim.load_model("smollm2-135m")
-    >>> result = netslim.compress(lm, netslim.WandaConfig(sparsity=0.5))
+    >>> result = netslim.compress(lm, netslim.WandaConfig(ratio=0.5))
     >>> netslim.save(result, "out/")
     >>> netslim.evaluate(netslim.load("out/")).ppl
 """

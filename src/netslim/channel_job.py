@@ -26,16 +26,17 @@ from torch import nn
 
 from netslim import __version__
 from netslim.errors import ConfigError
-from netslim.eval.flops import count_macs, count_params
+from netslim.eval.flops import count_macs
 from netslim.eval.latency import interleaved_ms
 from netslim.eval.report import render_markdown
-from netslim.eval.size import folder_weight_bytes
+from netslim.eval.size import count_params, folder_weight_bytes
 from netslim.export.atomic import atomic_folder, check_output
+from netslim.export.recipe_file import dump_recipe, recipe_data
 from netslim.graph.plan import PLAN_FILE, WEIGHTS_FILE, SlimPlan
 from netslim.methods.base import MethodConfig, Scope
-from netslim.models.loading import NETSLIM_MARKER
+from netslim.models.folder import NETSLIM_MARKER
 from netslim.models.tasks import ModelTask, load_task
-from netslim.recipe import RecipeLike, dump_recipe, parse_recipe, recipe_data
+from netslim.recipe import RecipeLike, parse_recipe
 
 SLIM_FORMAT = "slim_plan"
 LATENCY_RUNS, LATENCY_WARMUP = 10, 3
@@ -55,7 +56,7 @@ def check_graph_recipe(source: str, stages: list[MethodConfig]) -> None:
     for cfg in stages:
         if cfg.scope is not Scope.GRAPH:
             raise ConfigError(f"method '{cfg.method}' needs a causal LM; {source} takes method channels "
-                              "(e.g. --method channels --set target_flops=0.3)")
+                              "(e.g. --method channels --ratio 0.3 --set measure=macs)")
 
 
 def channel_job(

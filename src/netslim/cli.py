@@ -1,7 +1,7 @@
 """Command-line interface, a thin layer over the Python API.
 
     netslim demo
-    netslim compress smollm2-135m --method wanda --sparsity 0.5 --out pruned/
+    netslim compress smollm2-135m --method wanda --ratio 0.5 --out pruned/
     netslim eval pruned/
     netslim info pruned/
 """
@@ -51,19 +51,22 @@ def _run(fn, *args, resumable: bool = False, **kwargs):
 
 @app.command(
     epilog="Examples:\n\n"
-    "  netslim compress smollm2-135m --method wanda --sparsity 0.5 --out wanda50/\n\n"
+    "  netslim compress smollm2-135m --method wanda --ratio 0.5 --out wanda50/\n\n"
     "  netslim compress smollm2-135m --method magnitude --pattern 2:4 --out mag24/\n\n"
     "  netslim compress ./my-llama --recipe recipe.yaml --calib notes.txt --out slim/\n\n"
     "  netslim compress smollm2-135m --method gptq --set bits=4 --set group_size=128 --out q4/\n\n"
-    "  netslim compress efficientnet-lite0 --method channels --set target_flops=0.3 --set importance=taylor --out lite/\n\n"
-    "  netslim compress all-minilm-l6-v2 --method channels --set target_params=0.3 --out minilm/"
+    "  netslim compress efficientnet-lite0 --method channels --ratio 0.3 --set measure=macs --set importance=taylor --out lite/\n\n"
+    "  netslim compress all-minilm-l6-v2 --method channels --ratio 0.3 --out minilm/"
 )
 def compress(
     model: Annotated[str, typer.Argument(help="Local folder, .gguf file, alias (smollm2-135m), hub id, or a "
                                          "vision/encoder model: efficientnet-lite0, all-minilm-l6-v2.")],
     out: Annotated[Path, typer.Option(help="Output folder (must not exist unless --overwrite).")],
     method: Annotated[Optional[str], typer.Option(help="Method name, e.g. wanda or magnitude.")] = None,
-    sparsity: Annotated[Optional[float], typer.Option(help="Fraction of weights to remove, in (0, 1).")] = None,
+    ratio: Annotated[Optional[float], typer.Option(help="How much to remove, in (0, 1): the fraction of weights "
+                                                   "(pruning), of parameters (width, low rank), of blocks (depth), "
+                                                   "of the hidden size (slicegpt), of parameters or MACs (channels).")] = None,
+    sparsity: Annotated[Optional[float], typer.Option(hidden=True)] = None,
     pattern: Annotated[Optional[str], typer.Option(help="'unstructured' or N:M such as 2:4.")] = None,
     settings: Annotated[Optional[list[str]], typer.Option("--set", help="Another setting of --method as KEY=VALUE "
                                                           "(repeatable), e.g. --set bits=4.")] = None,
@@ -90,8 +93,10 @@ def compress(
     from netslim.models.tasks import is_task_model  # noqa: PLC0415
     from netslim.recipe import load_recipe  # noqa: PLC0415
 
-    if recipe is not None and (method or sparsity is not None or pattern or settings):
-        _fail("give either --recipe or --method/--sparsity/--pattern/--set, not both")
+    if sparsity is not None:
+        _fail("--sparsity is now spelled --ratio")
+    if recipe is not None and (method or ratio is not None or pattern or settings):
+        _fail("give either --recipe or --method/--ratio/--pattern/--set, not both")
     if recipe is None and method is None:
         _fail("give --method (e.g. --method wanda) or --recipe FILE")
     if recipe is not None:
@@ -100,11 +105,11 @@ def compress(
         extra = _parse_settings(settings or [])
         if "method" in extra:
             _fail("--set method=... is not a setting; choose the method with --method")
-        for key, value in (("sparsity", sparsity), ("pattern", pattern)):
+        for key, value in (("ratio", ratio), ("pattern", pattern)):
             if value is not None and key in extra:
                 _fail(f"--{key} and --set {key}=... both given; give it once")
         stage = {"method": method, **extra}
-        stage.update({k: v for k, v in (("sparsity", sparsity), ("pattern", pattern)) if v is not None})
+        stage.update({k: v for k, v in (("ratio", ratio), ("pattern", pattern)) if v is not None})
         stages = [stage]
     if is_task_model(model):
         from netslim.channel_job import channel_job  # noqa: PLC0415
@@ -170,7 +175,7 @@ def demo(
     from netslim.job import Protocol, compress_job  # noqa: PLC0415
 
     console.print("netslim demo: Wanda 50% on SmolLM2-135M, WikiText-2 (seqlen 512, 64 calibration / 80 test windows)")
-    result = _run(compress_job, "smollm2-135m", [{"method": "wanda", "sparsity": 0.5}], out, Protocol(), overwrite,
+    result = _run(compress_job, "smollm2-135m", [{"method": "wanda", "ratio": 0.5}], out, Protocol(), overwrite,
                   resumable=True)
     _print_summary(result.report)
     console.print(f"wrote {out} (model, recipe.yaml, report.json, report.md)")

@@ -8,7 +8,7 @@ The CLI prints that line and exits with status 2 instead of a traceback.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 
 class NetslimError(Exception):
@@ -51,3 +51,29 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+# One vocabulary: how much a stage removes is ``ratio`` and the regularization of a Gram or
+# Hessian is ``damp``, for every method. Earlier spellings are refused, naming the new one.
+RENAMED_SETTINGS = {
+    "sparsity": "ratio",
+    "slicing": "ratio",
+    "target_params": "ratio (with measure: params)",
+    "target_flops": "ratio (with measure: macs)",
+    "blocks": "ratio (a fraction of the blocks) or remove (block indices)",
+    "block_sparsity": "block_ratios",
+    "damp_percent": "damp",
+    "damping": "damp",
+    "eps": "damp",
+}
+
+
+def refuse_renamed(settings: Iterable[str], fields: Container[str], where: str = "") -> None:
+    """Refuse a setting spelled the old way, naming the new spelling.
+
+    Raises:
+        ConfigError: e.g. ``"wanda: 'sparsity' is now spelled ratio"``.
+    """
+    for key in settings:
+        if key in RENAMED_SETTINGS and key not in fields:
+            raise ConfigError(f"{where}'{key}' is now spelled {RENAMED_SETTINGS[key]}")

@@ -5,7 +5,7 @@ A recipe file holds a list of stages (or a single stage):
 .. code-block:: yaml
 
     - method: wanda
-      sparsity: 0.5
+      ratio: 0.5
       pattern: "2:4"
 
 Files and in-memory data have separate entry points, so a string is never guessed to be YAML.
@@ -23,6 +23,7 @@ import yaml
 
 import netslim.methods  # noqa: F401  (registers the methods)
 from netslim.errors import ConfigError, DataNotFoundError
+from netslim.export.recipe_file import dump_recipe, recipe_data  # noqa: F401  (part of this module's API)
 from netslim.methods.base import MethodConfig
 from netslim.methods.registry import build_config
 
@@ -45,7 +46,7 @@ def parse_recipe(recipe: RecipeLike) -> list[MethodConfig]:
     else:
         raise ConfigError(f"a recipe is a config, a stage mapping or a list of them, got {type(recipe).__name__}")
     if not stages:
-        raise ConfigError("the recipe is empty; give at least one stage, e.g. {method: wanda, sparsity: 0.5}")
+        raise ConfigError("the recipe is empty; give at least one stage, e.g. {method: wanda, ratio: 0.5}")
     where = (lambda i: f"stage {i + 1}: ") if len(stages) > 1 else (lambda i: "")
     return [build_config(stage, where(i)) for i, stage in enumerate(stages)]
 
@@ -75,13 +76,3 @@ def load_recipe(path: str | os.PathLike) -> list[MethodConfig]:
         raise ConfigError(f"recipe '{path}' must hold a list of stages such as '- method: wanda', "
                           f"not a {type(data).__name__}")
     return parse_recipe(data)
-
-
-def recipe_data(stages: Sequence[MethodConfig]) -> list[dict[str, Any]]:
-    """Plain data of a validated recipe, every setting spelled out."""
-    return [stage.model_dump(mode="json") for stage in stages]
-
-
-def dump_recipe(stages: Sequence[MethodConfig]) -> str:
-    """The recipe as YAML that :func:`load_recipe` reads back to equal configs."""
-    return yaml.safe_dump(recipe_data(stages), sort_keys=False)

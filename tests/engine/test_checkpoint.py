@@ -70,10 +70,10 @@ def test_interrupted_run_resumes_after_last_finished_block(flaky, token_windows,
 def test_checkpoint_of_another_job_is_ignored(flaky, token_windows, tmp_path):
     from tiny_models import tiny_model
 
-    netslim.compress(tiny_model("llama"), {"method": "flaky_test", "sparsity": 0.3}, token_windows,
+    netslim.compress(tiny_model("llama"), {"method": "flaky_test", "ratio": 0.3}, token_windows,
                      progress=False, checkpoint_dir=tmp_path)
     CALLS.clear()
-    netslim.compress(tiny_model("llama"), {"method": "flaky_test", "sparsity": 0.6}, token_windows,
+    netslim.compress(tiny_model("llama"), {"method": "flaky_test", "ratio": 0.6}, token_windows,
                      progress=False, checkpoint_dir=tmp_path)
     assert len(CALLS) == 14  # different recipe: nothing restored
 

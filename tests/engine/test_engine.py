@@ -94,7 +94,7 @@ def test_data_method_without_calibration_is_an_error(llama_model):
 
 
 def test_data_free_method_needs_no_calibration(llama_model):
-    result = netslim.compress(llama_model, {"method": "magnitude", "sparsity": 0.5}, progress=False)
+    result = netslim.compress(llama_model, {"method": "magnitude", "ratio": 0.5}, progress=False)
     assert result.calibration is None
 
 

@@ -9,10 +9,10 @@ import netslim
 from tiny_models import tiny_model
 
 CASES = {
-    "owl": ({"method": "wanda", "sparsity": 0.5, "allocation": "owl", "owl_lambda": 0.1}, "block_sparsity"),
+    "owl": ({"method": "wanda", "ratio": 0.5, "allocation": "owl", "owl_lambda": 0.1}, "block_ratios"),
     "sensitivity ranks": ({"method": "svd_llm", "ratio": 0.3, "allocation": "sensitivity"}, "ranks"),
     "global width": ({"method": "width", "ratio": 0.3, "score": "flap", "allocation": "global"}, "block_units"),
-    "depth": ({"method": "depth", "blocks": 1}, "remove"),
+    "depth": ({"method": "depth", "ratio": 0.5}, "remove"),
 }
 
 
@@ -49,7 +49,7 @@ def test_replay_needs_no_planning_sweep(token_windows, monkeypatch):
     from netslim.methods import depth as depth_module
 
     model = tiny_model("llama")
-    resolved = netslim.compress(model, [{"method": "magnitude", "allocation": "owl"}, {"method": "depth", "blocks": 1}],
+    resolved = netslim.compress(model, [{"method": "magnitude", "allocation": "owl"}, {"method": "depth", "ratio": 0.5}],
                                 token_windows, progress=False).recipe
 
     def no_scoring(*_a, **_k):

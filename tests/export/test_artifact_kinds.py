@@ -25,10 +25,10 @@ QUANT = {"bits": 4, "group_size": 16}
 KINDS = {
     "gptq": ({"method": "gptq", **QUANT}, True),
     "rtn": ({"method": "rtn", **QUANT}, True),
-    "sparsegpt_bits": ({"method": "sparsegpt", "sparsity": 0.5, **QUANT}, True),
+    "sparsegpt_bits": ({"method": "sparsegpt", "ratio": 0.5, **QUANT}, True),
     "svd_llm": ({"method": "svd_llm", "ratio": 0.4}, False),
     "gptq_eora": ([{"method": "gptq", **QUANT}, {"method": "eora", "rank": 4}], False),
-    "slicegpt": ({"method": "slicegpt", "slicing": 0.25}, False),
+    "slicegpt": ({"method": "slicegpt", "ratio": 0.25}, False),
     "flap": ({"method": "width", "ratio": 0.4, "score": "flap", "gqa": "query"}, False),
 }
 FORMATS = ("auto", "dense", "packed")

@@ -35,12 +35,12 @@ def _prune(model, **cfg):
 
 COMPRESSIONS = {
     "none": lambda m: m,
-    "wanda50": lambda m: _prune(m, method="wanda", sparsity=0.5),
+    "wanda50": lambda m: _prune(m, method="wanda", ratio=0.5),
     "magnitude_2of4": lambda m: _prune(m, method="magnitude", pattern="2:4"),
     "rtn4_g128": lambda m: quantize_model(m, 4, 128),
     "rtn3_g64": lambda m: quantize_model(m, 3, 64),
     "rtn8_channel": lambda m: quantize_model(m, 8, -1),
-    "wanda50_rtn4": lambda m: quantize_model(_prune(m, method="wanda", sparsity=0.5), 4, 128),
+    "wanda50_rtn4": lambda m: quantize_model(_prune(m, method="wanda", ratio=0.5), 4, 128),
 }
 
 
@@ -82,7 +82,7 @@ def test_four_bit_g128_weights_take_under_thirty_percent_of_fp16(tmp_path):
 
 
 def test_half_sparse_weights_take_under_sixty_percent_of_fp16(tmp_path):
-    netslim.save(_result(_prune(wide_llama(), method="wanda", sparsity=0.5)), tmp_path / "w50",
+    netslim.save(_result(_prune(wide_llama(), method="wanda", ratio=0.5)), tmp_path / "w50",
                  format="packed", dtype=torch.float16)
     marker = read_marker(tmp_path / "w50")
     linears = marker["storage"]["summary"]["decoder_linears"]
@@ -104,7 +104,7 @@ def test_packed_file_is_really_smaller_and_summary_counts_its_bytes(tmp_path):
 
 
 def test_format_is_honest_about_plain_transformers(tmp_path):
-    pruned = _prune(wide_llama(), method="wanda", sparsity=0.5)
+    pruned = _prune(wide_llama(), method="wanda", ratio=0.5)
     netslim.save(_result(pruned), tmp_path / "dense", format="dense")
     assert read_marker(tmp_path / "dense")["format"] == "dense"
     plain = T.AutoModelForCausalLM.from_pretrained(tmp_path / "dense")
@@ -151,13 +151,13 @@ def test_input_folder_is_never_modified(tmp_path):
     wide_llama().save_pretrained(source)
     before = _hashes(source)
     lm = netslim.load_model(str(source))
-    _prune(lm.model, method="magnitude", sparsity=0.5)
+    _prune(lm.model, method="magnitude", ratio=0.5)
     netslim.save(_result(lm.model), tmp_path / "out")
     assert _hashes(source) == before
 
 
 def test_failure_mid_save_leaves_no_partial_output(tmp_path, monkeypatch):
-    model = _prune(wide_llama(), method="magnitude", sparsity=0.5)
+    model = _prune(wide_llama(), method="magnitude", ratio=0.5)
     netslim.save(_result(model), tmp_path / "kept", format="packed")
     kept = _hashes(tmp_path / "kept")
 
@@ -176,7 +176,7 @@ def test_failure_mid_save_leaves_no_partial_output(tmp_path, monkeypatch):
 
 
 def test_report_size_is_the_real_on_disk_size(tmp_path):
-    model = _prune(wide_llama(), method="wanda", sparsity=0.5)
+    model = _prune(wide_llama(), method="wanda", ratio=0.5)
     side = {"ppl": 1.0, "params": 1, "nonzero_params": 1, "size_bytes": 10**9}
     report = {
         "model": "tiny", "recipe": [], "baseline": dict(side), "compressed": dict(side),
@@ -191,7 +191,7 @@ def test_report_size_is_the_real_on_disk_size(tmp_path):
 
 
 def test_damaged_packed_folder_is_a_clear_error(tmp_path):
-    model = _prune(wide_llama(), method="magnitude", sparsity=0.5)
+    model = _prune(wide_llama(), method="magnitude", ratio=0.5)
     netslim.save(_result(model), tmp_path / "out", format="packed")
     parts = load_file(tmp_path / "out" / PACKED_FILE)
     save_file({k: v for k, v in parts.items() if not k.startswith("model.layers.0.mlp.up_proj.weight.")},

@@ -7,20 +7,21 @@ import copy
 import pytest
 import torch
 import transformers as T
+from cnn_models import build
 
 from netslim import ChannelPruneConfig, prune_channels
 from netslim.errors import ConfigError
-from netslim.eval.flops import count_macs, count_params
-from netslim.graph.dependency import build_graph
+from netslim.eval.flops import count_macs
+from netslim.eval.size import count_params
+from netslim.graph.build import build_graph
 from netslim.graph.importance import Importance, group_scores
 from netslim.graph.plan import SlimPlan, load_pruned, save_pruned
-from netslim.graph.testing_models import build
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
 def test_flop_target_is_reached_and_the_model_still_runs(allocation):
     model, inputs = build("mobile_se")
-    result = prune_channels(model, inputs, ChannelPruneConfig(target_flops=0.4, allocation=allocation))
+    result = prune_channels(model, inputs, ChannelPruneConfig(ratio=0.4, measure="macs", allocation=allocation))
     removed = 1 - result.after["macs"] / result.before["macs"]
     assert 0.4 <= removed < 0.6
     assert result.after["macs"] == count_macs(model, inputs)
@@ -29,21 +30,29 @@ def test_flop_target_is_reached_and_the_model_still_runs(allocation):
 
 def test_param_target_and_steps():
     model, inputs = build("residual")
-    result = prune_channels(model, inputs, {"target_params": 0.3, "steps": 2})
+    result = prune_channels(model, inputs, {"ratio": 0.3, "steps": 2})
     assert 0.3 <= 1 - result.after["params"] / result.before["params"] < 0.5
     assert result.after["params"] == count_params(model)
 
 
+def test_latency_is_measured_before_and_after_in_eval_mode():
+    model, inputs = build("residual")
+    model.train()
+    result = prune_channels(model, inputs, ChannelPruneConfig(ratio=0.3, measure="macs"), latency=True)
+    assert result.before["latency_ms"] > 0 and result.after["latency_ms"] > 0
+    assert not model.training  # timed in eval mode, as netslim.eval.latency times every model
+
+
 def test_round_to_keeps_multiples():
     model, inputs = build("residual")
-    result = prune_channels(model, inputs, ChannelPruneConfig(target_flops=0.3, round_to=4))
+    result = prune_channels(model, inputs, ChannelPruneConfig(ratio=0.3, measure="macs", round_to=4))
     assert all(g["kept"] % 4 == 0 for g in result.groups)
     assert any(g["kept"] < g["units"] for g in result.groups)
 
 
 def test_ignored_layer_is_untouched():
     model, inputs = build("flatten")
-    prune_channels(model, inputs, ChannelPruneConfig(target_flops=0.3, ignore=("fc1",)))
+    prune_channels(model, inputs, ChannelPruneConfig(ratio=0.3, measure="macs", ignore=("fc1",)))
     assert model.fc1.weight.shape == (24, 128)
     assert model.features[0][0].out_channels < 6
 
@@ -78,35 +87,37 @@ def test_l1_score_is_the_sum_of_absolute_weights():
 def test_taylor_needs_a_loss_and_uses_gradients():
     model, inputs = build("flatten")
     with pytest.raises(ConfigError, match="loss_fn"):
-        prune_channels(model, inputs, ChannelPruneConfig(target_flops=0.3, importance="taylor"))
+        prune_channels(model, inputs, ChannelPruneConfig(ratio=0.3, measure="macs", importance="taylor"))
     result = prune_channels(
-        model, inputs, ChannelPruneConfig(target_flops=0.3, importance="taylor"),
+        model, inputs, ChannelPruneConfig(ratio=0.3, measure="macs", importance="taylor"),
         loss_fn=lambda m: m(*inputs).pow(2).mean(),
     )
     assert result.after["macs"] < result.before["macs"]
 
 
 def test_config_errors_are_one_line():
-    with pytest.raises(ConfigError, match="target"):
-        prune_channels(*build("flatten"), {"target_flops": 0.3, "target_params": 0.3})
+    with pytest.raises(ConfigError, match="measure"):
+        prune_channels(*build("flatten"), {"ratio": 0.3, "measure": "flops"})
+    with pytest.raises(ConfigError, match="'target_flops' is now spelled ratio"):
+        prune_channels(*build("flatten"), {"target_flops": 0.3})
     with pytest.raises(ConfigError, match="imporance"):
-        prune_channels(*build("flatten"), {"target_flops": 0.3, "imporance": "l1"})
+        prune_channels(*build("flatten"), {"ratio": 0.3, "imporance": "l1"})
 
 
 def test_example_inputs_a_bare_tensor_is_accepted_and_a_wrong_one_is_a_config_error():
     model, inputs = build("residual")
-    result = prune_channels(model, inputs[0], {"target_flops": 0.3})
+    result = prune_channels(model, inputs[0], {"ratio": 0.3, "measure": "macs"})
     assert result.after["macs"] <= 0.7 * result.before["macs"]
     model, _ = build("residual")
     with pytest.raises(ConfigError, match="does not run on example_inputs"):
-        prune_channels(model, (torch.randn(1, 5, 8, 8),), {"target_flops": 0.3})
+        prune_channels(model, (torch.randn(1, 5, 8, 8),), {"ratio": 0.3, "measure": "macs"})
     with pytest.raises(ConfigError, match="tuple"):
-        prune_channels(model, {"x": torch.randn(1, 3, 8, 8)}, {"target_flops": 0.3})
+        prune_channels(model, {"x": torch.randn(1, 3, 8, 8)}, {"ratio": 0.3, "measure": "macs"})
 
 
 def test_plan_round_trip_rebuilds_the_pruned_model(tmp_path):
     model, inputs = build("concat")
-    result = prune_channels(model, inputs, ChannelPruneConfig(target_flops=0.3))
+    result = prune_channels(model, inputs, ChannelPruneConfig(ratio=0.3, measure="macs"))
     plan = SlimPlan.from_json(result.plan.to_json())
     assert plan == result.plan
     save_pruned(model, result.plan, tmp_path / "slim")
@@ -136,6 +147,6 @@ def test_bert_head_pruning_equals_zeroing_the_head():
 
 def test_bert_parameter_target():
     model, inputs = _tiny_bert()
-    result = prune_channels(model, inputs, ChannelPruneConfig(target_params=0.2, allocation="global"))
+    result = prune_channels(model, inputs, ChannelPruneConfig(ratio=0.2, allocation="global"))
     assert 1 - result.after["params"] / result.before["params"] >= 0.2
     assert model(*inputs).last_hidden_state.shape == (2, 8, 32)

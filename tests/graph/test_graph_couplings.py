@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cnn_models import Untraceable, build
 
-from netslim.graph.dependency import build_graph
+from netslim.graph.build import build_graph
 from netslim.graph.errors import GraphTraceError
-from netslim.graph.testing_models import Untraceable, build
 
 
 def _group_of(graph, module: str):

@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
+from cnn_models import BUILDERS, build
 from torch import nn
 
-from netslim.eval.flops import count_params
-from netslim.graph.dependency import build_graph
-from netslim.graph.testing_models import BUILDERS, build
+from netslim.eval.size import count_params
+from netslim.graph.build import build_graph
 
 # Norms that average over channels: removing a channel changes the statistics of the others,
 # so those groups are checked for shapes and counts but not for exact equality.

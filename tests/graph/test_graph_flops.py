@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
+from cnn_models import Attention
 from torch import nn
 
-from netslim.eval.flops import count_macs, count_params
-from netslim.graph.testing_models import Attention
+from netslim.eval.flops import count_macs
+from netslim.eval.size import count_params
 
 
 def test_conv_linear_and_depthwise_macs():

@@ -1,4 +1,4 @@
-"""``params_of="prunable"``: the denominator of ``target_params`` without unprunable parts."""
+"""``params_of="prunable"``: the denominator of a ``params`` ratio without unprunable parts."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from torch import nn
 
 from netslim import ChannelPruneConfig, prune_channels
 from netslim.errors import ConfigError
-from netslim.eval.flops import count_params
+from netslim.eval.size import count_params
 from netslim.graph.api import prunable_params
-from netslim.graph.dependency import build_graph
+from netslim.graph.build import build_graph
 
 
 class _ConvNet(nn.Module):
@@ -51,13 +51,13 @@ def test_prunable_params_of_bert_are_its_attention_and_ffn_linears():
 
 def test_target_params_of_prunable_removes_that_share_of_the_prunable_params():
     model, inputs = _tiny_bert()
-    result = prune_channels(model, inputs, ChannelPruneConfig(target_params=0.3, params_of="prunable"))
+    result = prune_channels(model, inputs, ChannelPruneConfig(ratio=0.3, params_of="prunable"))
     assert result.before["prunable_params"] == 16832
     removed = result.before["params"] - result.after["params"]
     # units are a head (1048 params per layer) or an FFN neuron (65): the overshoot is small
     assert 0.3 <= removed / 16832 < 0.31
     whole, _ = _tiny_bert()
-    by_model = prune_channels(whole, inputs, ChannelPruneConfig(target_params=0.3, allocation="global"))
+    by_model = prune_channels(whole, inputs, ChannelPruneConfig(ratio=0.3, allocation="global"))
     assert "prunable_params" not in by_model.before
     assert by_model.before["params"] - by_model.after["params"] >= 0.3 * by_model.before["params"] > removed
 
@@ -65,13 +65,13 @@ def test_target_params_of_prunable_removes_that_share_of_the_prunable_params():
 def test_params_of_prunable_needs_a_parameter_target():
     model, inputs = _tiny_bert()
     with pytest.raises(ConfigError, match="params_of"):
-        prune_channels(model, inputs, {"target_flops": 0.3, "params_of": "prunable"})
+        prune_channels(model, inputs, {"ratio": 0.3, "measure": "macs", "params_of": "prunable"})
     with pytest.raises(ConfigError, match="params_of"):
-        prune_channels(model, inputs, {"target_params": 0.3, "params_of": "encoder"})
+        prune_channels(model, inputs, {"ratio": 0.3, "params_of": "encoder"})
 
 
 def test_unreachable_prunable_target_says_how_much_of_the_prunable_params_can_go():
     model, inputs = _tiny_bert()
     # per layer at most 3 of 4 heads (3 x 1048) and 57 of 64 neurons (57 x 65): 13698 / 16832
     with pytest.raises(ConfigError, match=r"at most 81\.4% of prunable params"):
-        prune_channels(model, inputs, {"target_params": 0.95, "params_of": "prunable", "max_group_ratio": 0.9})
+        prune_channels(model, inputs, {"ratio": 0.95, "params_of": "prunable", "max_group_ratio": 0.9})

@@ -35,7 +35,7 @@ def _three_blocks_with_identity(family: str, identity: int):
 def test_identity_block_is_removed_and_logits_unchanged(family, token_windows):
     model = _three_blocks_with_identity(family, identity=1)
     before = model(IDS).logits
-    result = netslim.compress(model, netslim.DepthConfig(blocks=1), calibration=token_windows, progress=False)
+    result = netslim.compress(model, netslim.DepthConfig(ratio=1 / 3), calibration=token_windows, progress=False)
     assert [r["name"] for r in result.layers] == [f"{ModelAdapter.from_model(model).spec.layers}.1"]
     assert model.config.num_hidden_layers == 2
     torch.testing.assert_close(model(IDS).logits, before, atol=1e-5, rtol=1e-5)
@@ -52,7 +52,7 @@ def test_skip_perplexity_of_an_identity_block_is_the_dense_perplexity(token_wind
         dense = math.exp(float(model(ids, labels=ids).loss))
     assert abs(float(scores[1]) - dense) < 1e-3 * dense
     assert len({round(float(s), 3) for s in scores}) == 3
-    result = netslim.compress(model, {"method": "depth", "blocks": 1, "score": "perplexity", "score_windows": 4},
+    result = netslim.compress(model, {"method": "depth", "ratio": 0.5, "score": "perplexity", "score_windows": 4},
                               calibration=token_windows, progress=False)
     assert result.layers[0]["perplexity"] == pytest.approx(float(scores.min()))
 
@@ -69,11 +69,13 @@ def test_depth_result_loads_with_plain_transformers(tmp_path, token_windows):
 
 def test_depth_settings_are_validated(token_windows):
     with pytest.raises(ConfigError):
-        netslim.compress(tiny_model("llama"), {"method": "depth", "ratio": 0.5, "blocks": 1}, calibration=token_windows)
+        netslim.compress(tiny_model("llama"), {"method": "depth", "ratio": 0.5, "remove": [1, 1]}, calibration=token_windows)
+    with pytest.raises(ConfigError, match="'blocks' is now spelled ratio"):
+        netslim.compress(tiny_model("llama"), {"method": "depth", "blocks": 1}, calibration=token_windows)
     with pytest.raises(ConfigError):
-        netslim.compress(tiny_model("llama"), {"method": "depth", "blocks": 2}, calibration=token_windows, progress=False)
+        netslim.compress(tiny_model("llama"), {"method": "depth", "ratio": 0.9}, calibration=token_windows, progress=False)
     with pytest.raises(ConfigError, match="rounds to 0 blocks"):
         netslim.compress(tiny_model("llama"), {"method": "depth", "ratio": 0.2}, calibration=token_windows, progress=False)
     with pytest.raises(ConfigError, match="ignore"):
-        netslim.compress(tiny_model("llama"), {"method": "depth", "blocks": 1, "ignore": ["model.layers.0.*"]},
+        netslim.compress(tiny_model("llama"), {"method": "depth", "ratio": 0.5, "ignore": ["model.layers.0.*"]},
                          calibration=token_windows, progress=False)

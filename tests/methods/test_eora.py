@@ -27,8 +27,8 @@ def _block_error(recipe, windows):
 @pytest.mark.parametrize(
     "stage",
     [
-        {"method": "wanda", "sparsity": 0.6},
-        {"method": "magnitude", "sparsity": 0.5, "pattern": "2:4"},
+        {"method": "wanda", "ratio": 0.6},
+        {"method": "magnitude", "ratio": 0.5, "pattern": "2:4"},
         {"method": "svd", "ratio": 0.5},
         {"method": "rtn", "bits": 3, "group_size": 32},
     ],
@@ -43,14 +43,14 @@ def test_compensation_lowers_the_output_error_of_a_compressed_layer(stage, token
 
 def test_compensation_keeps_the_base_module_untouched(token_windows):
     model = tiny_model("llama")
-    netslim.compress(model, [{"method": "magnitude", "sparsity": 0.5}, {"method": "eora", "rank": 4}], token_windows, progress=False)
+    netslim.compress(model, [{"method": "magnitude", "ratio": 0.5}, {"method": "eora", "rank": 4}], token_windows, progress=False)
     q = ModelAdapter.from_model(model).block_linears(1)["model.layers.1.self_attn.q_proj"]
     assert float((q.base.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
 
 
 def test_full_rank_compensation_restores_the_dense_layer(token_windows):
-    plain, _ = _block_error([{"method": "magnitude", "sparsity": 0.5}], token_windows)
-    full, _ = _block_error([{"method": "magnitude", "sparsity": 0.5}, {"method": "eora", "rank": 128, "eps": 1e-9}], token_windows)
+    plain, _ = _block_error([{"method": "magnitude", "ratio": 0.5}], token_windows)
+    full, _ = _block_error([{"method": "magnitude", "ratio": 0.5}, {"method": "eora", "rank": 128, "damp": 1e-9}], token_windows)
     assert full < 1e-4 * plain
 
 

@@ -97,7 +97,7 @@ def test_typos_and_bad_ratios_are_config_errors():
 
 def test_lowrank_and_eora_recipes_round_trip_through_yaml(tmp_path):
     stages = netslim.parse_recipe([
-        {"method": "svd_llm", "ranks": {"model.layers.0.self_attn.q_proj": 8}, "damping": 1e-4},
+        {"method": "svd_llm", "ranks": {"model.layers.0.self_attn.q_proj": 8}, "damp": 1e-4},
         {"method": "asvd", "ratio": 0.3, "allocation": "sensitivity", "alpha": 1.0},
         {"method": "eora", "rank": 16},
     ])

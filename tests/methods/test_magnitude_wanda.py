@@ -31,8 +31,8 @@ def test_wanda_and_magnitude_choose_differently_where_activations_differ():
     x = torch.stack([torch.full((64,), 10.0), torch.full((64,), 0.1)], dim=1)
     mag, wan = nn.Linear(2, 1, bias=False), nn.Linear(2, 1, bias=False)
     mag.weight.data, wan.weight.data = layer.weight.data.clone(), layer.weight.data.clone()
-    magnitude(_view(mag), None, MagnitudeConfig(sparsity=0.5))
-    wanda(_view(wan), _stats(x), WandaConfig(sparsity=0.5))
+    magnitude(_view(mag), None, MagnitudeConfig(ratio=0.5))
+    wanda(_view(wan), _stats(x), WandaConfig(ratio=0.5))
     assert mag.weight.data.tolist() == [[0.0, 1.0]]  # keeps the larger weight
     assert wan.weight.data.tolist() == [[0.5, 0.0]]  # keeps the weight on the strong input
     # and Wanda's choice is the one with the smaller output error
@@ -42,7 +42,7 @@ def test_wanda_and_magnitude_choose_differently_where_activations_differ():
 @pytest.mark.parametrize("method", ["wanda", "magnitude"])
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.8])
 def test_unstructured_sparsity_is_exact(llama_model, token_windows, method, sparsity):
-    result = netslim.compress(llama_model, {"method": method, "sparsity": sparsity, "compare": "row"}, token_windows, progress=False)
+    result = netslim.compress(llama_model, {"method": method, "ratio": sparsity, "compare": "row"}, token_windows, progress=False)
     adapter = ModelAdapter.from_model(llama_model)
     assert len(result.layers) == adapter.num_blocks * len(adapter.spec.linears)
     for record in result.layers:
@@ -53,7 +53,7 @@ def test_unstructured_sparsity_is_exact(llama_model, token_windows, method, spar
 
 
 def test_magnitude_layer_scope_is_exact_per_layer(llama_model):
-    netslim.compress(llama_model, netslim.MagnitudeConfig(sparsity=0.6), progress=False)
+    netslim.compress(llama_model, netslim.MagnitudeConfig(ratio=0.6), progress=False)
     for name, module in ModelAdapter.from_model(llama_model).block_linears(1).items():
         w = linear_weight(module)
         assert int((w == 0).sum()) == int(w.numel() * 0.6), name
@@ -73,7 +73,7 @@ def test_nm_every_group_holds_exactly_n(family_model, token_windows, method, pat
 
 
 def test_ignore_leaves_matching_layers_dense(llama_model, token_windows):
-    cfg = netslim.WandaConfig(sparsity=0.5, ignore=("*.down_proj", "model.layers.0.*"))
+    cfg = netslim.WandaConfig(ratio=0.5, ignore=("*.down_proj", "model.layers.0.*"))
     result = netslim.compress(llama_model, cfg, token_windows, progress=False)
     names = {r["name"] for r in result.layers}
     assert not any(n.endswith("down_proj") or n.startswith("model.layers.0.") for n in names)
@@ -83,6 +83,6 @@ def test_ignore_leaves_matching_layers_dense(llama_model, token_windows):
 
 
 def test_embeddings_and_head_stay_dense(llama_model, token_windows):
-    netslim.compress(llama_model, netslim.WandaConfig(sparsity=0.5), token_windows, progress=False)
+    netslim.compress(llama_model, netslim.WandaConfig(ratio=0.5), token_windows, progress=False)
     assert int((llama_model.model.embed_tokens.weight == 0).sum()) == 0
     assert int((llama_model.lm_head.weight == 0).sum()) == 0

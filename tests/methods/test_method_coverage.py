@@ -16,16 +16,16 @@ from netslim.export import round_for_storage
 QUANT = {"bits": 4, "group_size": 16}  # the tiny widths (64, 128) are multiples of 16
 STAGES: dict[str, dict | list[dict]] = {
     "asvd": {"method": "asvd", "ratio": 0.3},
-    "depth": {"method": "depth", "blocks": 1},
+    "depth": {"method": "depth", "ratio": 0.5},
     "eora": [{"method": "gptq", **QUANT}, {"method": "eora", "rank": 4}],  # compensates a layer stage
     "gptq": {"method": "gptq", **QUANT},
-    "magnitude": {"method": "magnitude", "sparsity": 0.5},
+    "magnitude": {"method": "magnitude", "ratio": 0.5},
     "rtn": {"method": "rtn", **QUANT},
-    "slicegpt": {"method": "slicegpt", "slicing": 0.25},
-    "sparsegpt": {"method": "sparsegpt", "sparsity": 0.5},
+    "slicegpt": {"method": "slicegpt", "ratio": 0.25},
+    "sparsegpt": {"method": "sparsegpt", "ratio": 0.5},
     "svd": {"method": "svd", "ratio": 0.3},
     "svd_llm": {"method": "svd_llm", "ratio": 0.3},
-    "wanda": {"method": "wanda", "sparsity": 0.5},
+    "wanda": {"method": "wanda", "ratio": 0.5},
     "width": {"method": "width", "ratio": 0.25},
 }
 # Methods not run on a causal LM here, and why.

@@ -62,9 +62,9 @@ def output_error(method, cfg, weight: torch.Tensor, x: torch.Tensor) -> float:
 def test_pruning_error_orders_sparsegpt_wanda_magnitude(seed):
     x, weight = correlated_inputs(seed), torch.randn(OUT, IN, generator=torch.Generator().manual_seed(seed + 10))
     errors = {
-        "magnitude": output_error(magnitude, MagnitudeConfig(sparsity=0.5), weight, x),
-        "wanda": output_error(wanda, WandaConfig(sparsity=0.5), weight, x),
-        "sparsegpt": output_error(sparsegpt, SparseGPTConfig(sparsity=0.5), weight, x),
+        "magnitude": output_error(magnitude, MagnitudeConfig(ratio=0.5), weight, x),
+        "wanda": output_error(wanda, WandaConfig(ratio=0.5), weight, x),
+        "sparsegpt": output_error(sparsegpt, SparseGPTConfig(ratio=0.5), weight, x),
     }
     # OBS reconstruction on correlated inputs removes most of Wanda's error (measured ~5x)
     assert errors["sparsegpt"] < 0.5 * errors["wanda"] < 0.5 * errors["magnitude"], errors
@@ -85,8 +85,8 @@ def test_gptq_error_below_rtn_at_equal_grid(bits, group_size, sym, act_order):
 def test_obs_loss_estimates_the_layer_output_error():
     x, weight = correlated_inputs(4), torch.randn(OUT, IN, generator=torch.Generator().manual_seed(5))
     hessian = input_stats(x).hessian
-    pruned = sparsegpt_prune(weight, hessian, 0.5, damp_percent=0.0)
-    quantized = gptq_quantize(weight, hessian, 3, 64, damp_percent=0.0)
+    pruned = sparsegpt_prune(weight, hessian, 0.5, damp=0.0)
+    quantized = gptq_quantize(weight, hessian, 3, 64, damp=0.0)
     for loss, compressed in [(pruned.obs_loss, pruned.weight), (quantized.obs_loss, quantized.qweight.dequantize())]:
         actual = float(((compressed - weight) @ x.T).square().sum()) / x.shape[0]
         assert loss == pytest.approx(actual, rel=0.05)
@@ -103,8 +103,8 @@ def _duplicated_channel_hessian(tokens: int = 24, width: int = 64) -> torch.Tens
 @pytest.mark.parametrize("damp", [0.0, 0.01])
 def test_singular_hessian_finishes_with_exact_sparsity(damp):
     weight = torch.randn(16, 64, generator=torch.Generator().manual_seed(1))
-    pruned = sparsegpt_prune(weight, _duplicated_channel_hessian(), 0.5, damp_percent=damp)
-    quantized = gptq_quantize(weight, _duplicated_channel_hessian(), 4, 32, damp_percent=damp)
+    pruned = sparsegpt_prune(weight, _duplicated_channel_hessian(), 0.5, damp=damp)
+    quantized = gptq_quantize(weight, _duplicated_channel_hessian(), 4, 32, damp=damp)
     # without damping the Cholesky of a rank-24 H fails and the damping retries take over
     expected = "damping" if damp == 0.0 else "none"
     assert pruned.hessian_fallback == quantized.hessian_fallback == expected
@@ -130,8 +130,8 @@ def test_singular_engine_hessian_records_fallback(llama_model, method):
     # attention input are never active (their norm weights are zero)
     llama_model.model.layers[0].input_layernorm.weight.data[:8] = 0.0
     calib = torch.randint(3, 128, (1, 16), generator=torch.Generator().manual_seed(0))
-    grid = {"sparsity": 0.5} if method == "sparsegpt" else {"bits": 4, "group_size": 32}
-    stage = {"method": method, "damp_percent": 0.0, **grid}
+    grid = {"ratio": 0.5} if method == "sparsegpt" else {"bits": 4, "group_size": 32}
+    stage = {"method": method, "damp": 0.0, **grid}
     result = netslim.compress(llama_model, stage, calib, progress=False)
     assert len(result.layers) == 14
     assert {r["hessian_fallback"] for r in result.layers} == {"damping"}
@@ -186,10 +186,10 @@ def test_act_order_changes_the_result():
         ({"method": "gptq", "bits": 9}, "bits"),
         ({"method": "rtn", "bits": 1}, "bits"),
         ({"method": "rtn", "bits": 9}, "bits"),
-        ({"method": "sparsegpt", "sparsity": 0.5, "bits": 9}, "bits"),
+        ({"method": "sparsegpt", "ratio": 0.5, "bits": 9}, "bits"),
         ({"method": "gptq", "group_size": 0}, "group_size"),
         ({"method": "rtn", "group_size": -2}, "group_size"),
-        ({"method": "sparsegpt", "sparsity": 0.5, "bits": 4, "group_size": 0}, "group_size"),
+        ({"method": "sparsegpt", "ratio": 0.5, "bits": 4, "group_size": 0}, "group_size"),
     ],
 )
 def test_bad_grid_is_a_one_line_config_error(llama_model, stage, named):
@@ -201,7 +201,7 @@ def test_bad_grid_is_a_one_line_config_error(llama_model, stage, named):
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_owl_without_calibration_is_a_one_line_config_error(llama_model, method):
-    stage = {"method": method, "sparsity": 0.5, "allocation": "owl"}
+    stage = {"method": method, "ratio": 0.5, "allocation": "owl"}
     # compress would draw WikiText-2 windows, even for magnitude, but has no tokenizer to do so
     with pytest.raises(ConfigError, match="tokenizer") as info:
         netslim.compress(llama_model, stage, progress=False)

@@ -35,7 +35,7 @@ def test_sparsegpt_nm_every_group_holds_exactly_n(llama_model, token_windows, pa
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.7])
 def test_sparsegpt_unstructured_sparsity_is_exact_per_layer(llama_model, token_windows, sparsity):
-    result = netslim.compress(llama_model, netslim.SparseGPTConfig(sparsity=sparsity), token_windows, progress=False)
+    result = netslim.compress(llama_model, netslim.SparseGPTConfig(ratio=sparsity), token_windows, progress=False)
     weights = _decoder_weights(llama_model)
     for record in result.layers:
         w = weights[record["name"]]
@@ -55,7 +55,7 @@ def test_sparsegpt_then_gptq_keeps_every_pruned_zero(llama_model, token_windows,
 
     real = gptq_module.gptq_quantize
     monkeypatch.setattr(gptq_module, "gptq_quantize", spy)
-    recipe = [{"method": "sparsegpt", "sparsity": 0.5}, {"method": "gptq", "bits": 4, "group_size": 32}]
+    recipe = [{"method": "sparsegpt", "ratio": 0.5}, {"method": "gptq", "bits": 4, "group_size": 32}]
     result = netslim.compress(llama_model, recipe, token_windows, progress=False)
     assert len(seen) == 14
     for pruned, dequantized in seen:
@@ -70,9 +70,9 @@ def test_sparsegpt_then_gptq_keeps_every_pruned_zero(llama_model, token_windows,
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_joint_sparsegpt_quantization(llama_model, token_windows, pattern, tmp_path):
-    stage = {"method": "sparsegpt", "pattern": pattern, "sparsity": 0.5, "bits": 4, "group_size": 32}
+    stage = {"method": "sparsegpt", "pattern": pattern, "ratio": 0.5, "bits": 4, "group_size": 32}
     if pattern != "unstructured":
-        del stage["sparsity"]
+        del stage["ratio"]
     result = netslim.compress(llama_model, stage, token_windows, progress=False)
     for name, w in _decoder_weights(llama_model).items():
         assert isinstance(llama_model.get_submodule(name), QuantizedLinear), name
@@ -114,7 +114,7 @@ def _outlier_llama() -> torch.nn.Module:
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt", "magnitude"])
 def test_owl_allocation_lands_in_the_report(token_windows, method):
     model, target, lam = _outlier_llama(), 0.6, 0.08
-    stage = {"method": method, "sparsity": target, "allocation": "owl", "owl_lambda": lam}
+    stage = {"method": method, "ratio": target, "allocation": "owl", "owl_lambda": lam}
     result = netslim.compress(model, stage, token_windows, progress=False)
     per_block: dict[int, set[float]] = {}
     for record in result.layers:

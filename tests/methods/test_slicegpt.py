@@ -56,7 +56,7 @@ BUILDERS = {
 def test_rotation_without_deletion_leaves_logits_unchanged(build, token_windows):
     model = build()
     before = _logits(model)
-    netslim.compress(model, SliceGPTConfig(slicing=0.0), token_windows, progress=False)
+    netslim.compress(model, SliceGPTConfig(ratio=0.0), token_windows, progress=False)
     assert all(isinstance(b, SlicedDecoderLayer) for b in ModelAdapter.from_model(model).blocks)
     assert torch.allclose(_logits(model), before, atol=1e-4)
 
@@ -77,7 +77,7 @@ def test_slicing_shrinks_every_signal_and_more_slicing_drifts_further(token_wind
     errors = []
     for slicing in (0.25, 0.5):
         model = tiny_model("llama")
-        result = netslim.compress(model, SliceGPTConfig(slicing=slicing), token_windows, progress=False)
+        result = netslim.compress(model, SliceGPTConfig(ratio=slicing), token_windows, progress=False)
         width = 64 - int(64 * slicing)
         assert model.model.embed_tokens.weight.shape == (128, width)
         assert model.lm_head.weight.shape == (128, width)
@@ -90,7 +90,7 @@ def test_parameter_count_matches_the_prediction(token_windows):
     model = tiny_model("qwen2")  # biases on q/k/v
     adapter = ModelAdapter.from_model(model)
     predicted = [rotate.sliced_block_params(adapter, i, 48, 48, 48) for i in range(adapter.num_blocks)]
-    result = netslim.compress(model, SliceGPTConfig(slicing=0.25), token_windows, progress=False)
+    result = netslim.compress(model, SliceGPTConfig(ratio=0.25), token_windows, progress=False)
     actual = [sum(p.numel() for p in block.parameters()) for block in adapter.blocks]
     assert actual == predicted == [r["params"] for r in result.layers]
     dense_block = sum(p.numel() for p in tiny_model("qwen2").model.layers[0].parameters())
@@ -99,7 +99,7 @@ def test_parameter_count_matches_the_prediction(token_windows):
 
 def test_sliced_model_generates(token_windows):
     model = tiny_model("llama")
-    netslim.compress(model, SliceGPTConfig(slicing=0.25), token_windows, progress=False)
+    netslim.compress(model, SliceGPTConfig(ratio=0.25), token_windows, progress=False)
     out = model.generate(PROMPT[:1, :5], max_new_tokens=8, do_sample=False)
     assert out.shape == (1, 13)
     assert torch.equal(out[:, :5], PROMPT[:1, :5])
@@ -109,7 +109,7 @@ def test_sliced_model_generates(token_windows):
 
 def test_save_and_load_give_identical_logits(tmp_path, token_windows):
     model = _tied_llama()
-    result = netslim.compress(model, SliceGPTConfig(slicing=0.25), token_windows, progress=False)
+    result = netslim.compress(model, SliceGPTConfig(ratio=0.25), token_windows, progress=False)
     netslim.save(result, tmp_path / "sliced")
     loaded = netslim.load(tmp_path / "sliced").model
     assert isinstance(loaded.model.layers[1], SlicedDecoderLayer)
@@ -118,12 +118,12 @@ def test_save_and_load_give_identical_logits(tmp_path, token_windows):
 
 
 def test_config_round_trip_and_errors():
-    cfg = build_config({"method": "slicegpt", "slicing": 0.3, "round_to": 16})
-    assert cfg == SliceGPTConfig(slicing=0.3, round_to=16)
+    cfg = build_config({"method": "slicegpt", "ratio": 0.3, "round_to": 16})
+    assert cfg == SliceGPTConfig(ratio=0.3, round_to=16)
     assert build_config(cfg.model_dump()) == cfg
     assert cfg.width(576) == 400
-    with pytest.raises(ConfigError, match="slicing"):
-        build_config({"method": "slicegpt", "slicing": 1.0})
+    with pytest.raises(ConfigError, match="ratio"):
+        build_config({"method": "slicegpt", "ratio": 1.0})
     with pytest.raises(ConfigError, match="unknown setting 'slice'"):
         build_config({"method": "slicegpt", "slice": 0.3})
     with pytest.raises(ConfigError, match="ignore"):
@@ -134,4 +134,4 @@ def test_config_round_trip_and_errors():
 def test_families_that_cannot_be_rotated_exactly_are_refused(family, token_windows):
     model = tiny_model(family)
     with pytest.raises(UnsupportedModelError, match="slicegpt cannot slice"):
-        netslim.compress(model, SliceGPTConfig(slicing=0.25), token_windows, progress=False)
+        netslim.compress(model, SliceGPTConfig(ratio=0.25), token_windows, progress=False)

@@ -160,7 +160,7 @@ def test_bad_settings_and_families_fail_clearly(token_windows):
 def test_width_and_depth_recipes_round_trip_through_yaml(tmp_path):
     stages = netslim.parse_recipe([
         {"method": "width", "ratio": 0.3, "score": "taylor", "gqa": "query", "allocation": "global", "compensate": True},
-        {"method": "depth", "blocks": 2, "score": "perplexity", "score_windows": 4},
+        {"method": "depth", "ratio": 0.5, "score": "perplexity", "score_windows": 4},
     ])
     path = tmp_path / "r.yaml"
     path.write_text(dump_recipe(stages))

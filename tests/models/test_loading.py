@@ -125,7 +125,7 @@ def test_cli_asks_nothing_and_runs_nothing_even_with_yes_on_stdin(tmp_path):
 
 def test_every_from_pretrained_refuses_remote_code():
     calls = 0
-    for file in (SRC / "loading.py", SRC / "zoo.py"):
+    for file in (SRC / "loading.py", SRC / "folder.py", SRC / "zoo.py"):
         for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "from_pretrained":
                 calls += 1

@@ -15,7 +15,7 @@ import netslim
 from netslim.export import round_for_storage
 from netslim.models.adapter import ModelAdapter, linear_weight
 from netslim.models.registry import family_for_model_type, supported_model_types
-from netslim.models.spec import NormKind
+from netslim.models.spec import NormKind, stores_transposed
 from netslim.nn.quantized import QuantizedLinear
 
 MODEL_TYPES = supported_model_types()
@@ -74,14 +74,14 @@ def test_adapter_resolves_every_part_with_consistent_shapes(model_type):
         for group in groups:
             assert len({shapes[n][1] for n in group}) == 1, group  # one input per group
         for module in linears.values():
-            assert (type(module).__name__ == "Conv1D") == spec.transposed_weights
+            assert stores_transposed(module) == spec.transposed_weights
         attn_in = [shapes[n] for n in groups[0]]
         if spec.fused_qkv:
             assert attn_in == [(3 * heads * head_dim, hidden)]
         else:
             assert attn_in == [(heads * head_dim, hidden), (kv * head_dim, hidden), (kv * head_dim, hidden)]
         assert [shapes[n] for n in groups[1]] == [(hidden, heads * head_dim)]
-        assert [shapes[n] for n in groups[2]] == [(intermediate, hidden)] * (2 if spec.gated_mlp else 1)
+        assert [shapes[n] for n in groups[2]] == [(intermediate, hidden)] * len(spec.mlp_in)
         assert [shapes[n] for n in groups[3]] == [(hidden, intermediate)]
         for path in (spec.attn_norm, spec.mlp_norm, spec.post_attn_norm, spec.post_mlp_norm):
             if path is not None:
@@ -130,7 +130,7 @@ def test_wanda_prunes_exactly_half_of_every_row_and_round_trips(model_type, toke
     adapter = ModelAdapter.from_model(model)
     dense = {n: linear_weight(m).clone() for i in range(adapter.num_blocks) for n, m in adapter.block_linears(i).items()}
     untouched = {n: p.clone() for n, p in model.named_parameters() if not any(n.startswith(f"{k}.") for k in dense)}
-    result = netslim.compress(model, {"method": "wanda", "sparsity": 0.5}, token_windows, progress=False)
+    result = netslim.compress(model, {"method": "wanda", "ratio": 0.5}, token_windows, progress=False)
     assert sorted(r["name"] for r in result.layers) == sorted(dense)
     for name, before in dense.items():
         w = linear_weight(model.get_submodule(name))

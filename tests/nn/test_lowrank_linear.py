@@ -39,7 +39,7 @@ def test_compensated_spec_nests_its_base_and_rebuilds_it():
     "recipe",
     [
         [{"method": "svd_llm", "ratio": 0.4, "allocation": "sensitivity"}],
-        [{"method": "wanda", "sparsity": 0.5}, {"method": "eora", "rank": 4}],
+        [{"method": "wanda", "ratio": 0.5}, {"method": "eora", "rank": 4}],
         [{"method": "rtn", "bits": 3, "group_size": 32}, {"method": "eora", "rank": 4}],
     ],
     ids=["factorized", "compensated", "quantized-compensated"],
@@ -58,7 +58,7 @@ def test_save_and_load_give_identical_logits(recipe, token_windows, tmp_path):
 
 def test_factorized_model_is_smaller_on_disk(token_windows, tmp_path):
     dense = tiny_model("llama")
-    netslim.save(netslim.compress(tiny_model("llama"), {"method": "magnitude", "sparsity": 0.1}, None, progress=False), tmp_path / "dense")
+    netslim.save(netslim.compress(tiny_model("llama"), {"method": "magnitude", "ratio": 0.1}, None, progress=False), tmp_path / "dense")
     result = netslim.compress(dense, {"method": "svd", "ratio": 0.5}, None, progress=False)
     netslim.save(result, tmp_path / "svd")
     saved = sum(r["params_dense"] - r["params_factorized"] for r in result.layers) * 4

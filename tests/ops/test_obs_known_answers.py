@@ -120,7 +120,7 @@ def test_gptq_with_diagonal_hessian_and_act_order_equals_rtn():
     w = _weights(8, 32, seed=4)
     h = torch.linspace(0.5, 3.0, 32)[torch.randperm(32, generator=torch.Generator().manual_seed(0))]
     for act_order in (False, True):
-        result = gptq_quantize(w, torch.diag(h), bits=4, group_size=8, sym=False, act_order=act_order, damp_percent=0.01)
+        result = gptq_quantize(w, torch.diag(h), bits=4, group_size=8, sym=False, act_order=act_order, damp=0.01)
         torch.testing.assert_close(result.qweight.dequantize(), _rtn(w, 4, 8, False), rtol=0, atol=1e-6)
         assert result.qweight.g_idx.tolist() == [i // 8 for i in range(32)]
 
@@ -128,7 +128,7 @@ def test_gptq_with_diagonal_hessian_and_act_order_equals_rtn():
 def test_sparsegpt_with_diagonal_hessian_prunes_the_damped_saliency():
     w = _weights(4, 16, seed=5)
     h = torch.linspace(0.1, 4.0, 16)
-    result = sparsegpt_prune(w, torch.diag(h), sparsity=0.5, damp_percent=0.01)
+    result = sparsegpt_prune(w, torch.diag(h), sparsity=0.5, damp=0.01)
     damped = h + 0.01 * h.mean()
     saliency = w.square() * damped
     keep = saliency > saliency.flatten().sort().values[w.numel() // 2 - 1]

@@ -30,7 +30,7 @@ def _pruned(importance: str, allocation: str, images: torch.Tensor) -> tuple[tor
     calib = lite_normalize(photo_crops(32, seed=1))  # other crops: the Taylor scores never see the test crops
     with torch.no_grad():
         labels = model(calib).argmax(-1)
-    cfg = netslim.ChannelPruneConfig(target_flops=0.3, importance=importance, allocation=allocation, round_to=8)
+    cfg = netslim.ChannelPruneConfig(ratio=0.3, measure="macs", importance=importance, allocation=allocation, round_to=8)
     result = netslim.prune_channels(model, (images[:1],), cfg, loss_fn=lambda m: F.cross_entropy(m(calib), labels))
     return model.eval(), result
 

@@ -33,7 +33,7 @@ def test_minilm_with_30_percent_of_encoder_params_removed(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     zoo = netslim.load_pretrained("all-minilm-l6-v2")
     batch = zoo.tokenizer(["a short sentence", "another one, a little longer"], padding=True, return_tensors="pt")
-    cfg = netslim.ChannelPruneConfig(target_params=0.3, params_of="prunable", importance="l2")
+    cfg = netslim.ChannelPruneConfig(ratio=0.3, params_of="prunable", importance="l2")
     result = netslim.prune_channels(zoo.model, (batch["input_ids"], batch["attention_mask"]), cfg)
     # 6 layers x (4 x 384 x 384 + 4 x 384 + 2 x 384 x 1536 + 1536 + 384): q, k, v, attention output, FFN
     assert result.before["prunable_params"] == 6 * 1_772_928 == 10_637_568
@@ -46,14 +46,14 @@ def test_minilm_with_30_percent_of_encoder_params_removed(monkeypatch):
 
 
 def test_minilm_through_the_compress_job(monkeypatch, tmp_path):
-    """What `netslim compress all-minilm-l6-v2 --method channels --set target_params=0.3` does."""
+    """What `netslim compress all-minilm-l6-v2 --method channels --set ratio=0.3` does."""
     import torch
 
     from netslim.channel_job import channel_job
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "minilm30"
-    result = channel_job("all-minilm-l6-v2", {"method": "channels", "target_params": 0.3, "importance": "l2"}, out)
+    result = channel_job("all-minilm-l6-v2", {"method": "channels", "ratio": 0.3, "importance": "l2"}, out)
     report = result.report
     assert report["recipe"][0]["params_of"] == "prunable"  # the encoder's parameters, as the issue counts them
     assert report["baseline"]["scores"] == pytest.approx(REFERENCE, abs=0.005)

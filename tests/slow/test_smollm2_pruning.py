@@ -15,7 +15,7 @@ def test_wanda_50_beats_magnitude_50_on_smollm2(smollm2_source, smollm2_small_pr
     ppl = {}
     for method in ("magnitude", "wanda"):
         lm = netslim.load_model(smollm2_source)
-        netslim.compress(lm, {"method": method, "sparsity": 0.5}, calib, progress=False)
+        netslim.compress(lm, {"method": method, "ratio": 0.5}, calib, progress=False)
         ppl[method] = netslim.evaluate(lm, data=evals, progress=False).ppl
         q = linear_weight(ModelAdapter.from_model(lm.model).block_linears(5)["model.layers.5.self_attn.q_proj"])
         assert float((q == 0).float().mean()) >= 0.5

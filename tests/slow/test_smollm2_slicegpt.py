@@ -17,7 +17,7 @@ def test_slicegpt_perplexity_grows_with_slicing_on_smollm2(smollm2_source, smoll
     ppl = {}
     for slicing in (0.1, 0.3):
         lm = netslim.load_model(smollm2_source)
-        result = netslim.compress(lm, netslim.SliceGPTConfig(slicing=slicing), calib, progress=False)
+        result = netslim.compress(lm, netslim.SliceGPTConfig(ratio=slicing), calib, progress=False)
         ppl[slicing] = netslim.evaluate(lm, data=evals, progress=False).ppl
     assert all(math.isfinite(v) for v in ppl.values())
     assert dense < ppl[0.1] < ppl[0.3] < 3 * dense, (dense, ppl)

@@ -40,10 +40,12 @@ def _job(folder, text, recipe, out, **proto):
         ([{"method": "svd_llm"}, {"method": "gptq"}], "a factorized_linear layer"),
         ([{"method": "svd"}, {"method": "width"}], "stage 2: width cannot act"),
         ([{"method": "slicegpt"}, {"method": "slicegpt"}], "already sliced"),
-        ([{"method": "depth", "blocks": 1}, {"method": "depth", "blocks": 1}], "stage 2: depth: cannot remove 1 of 1 blocks"),
-        ([{"method": "depth", "blocks": 2}], "cannot remove 2 of 2 blocks"),
+        ([{"method": "depth", "ratio": 0.5}, {"method": "depth", "ratio": 0.5}], "stage 2: depth: ratio=0.5 of 1 blocks rounds to 0"),
+        ([{"method": "depth", "ratio": 0.9}], "cannot remove 2 of 2 blocks"),
+        ([{"method": "depth", "remove": [0, 1]}], "cannot remove 2 of 2 blocks"),
         ([{"method": "wanda", "ignore": ["model.layer.0.*"]}], "ignore pattern 'model.layer.0.*' matches no layer"),
-        ([{"method": "wanda", "block_sparsity": [0.5, 0.5, 0.5]}], "block_sparsity has 3 entries; the model has 2 blocks"),
+        ([{"method": "wanda", "block_ratios": [0.5, 0.5, 0.5]}], "block_ratios has 3 entries; the model has 2 blocks"),
+        ([{"method": "width", "block_units": [0, 0, 0], "block_neurons": [1, 1, 1]}], "block_units has 3 entries"),
         ([{"method": "svd", "ranks": {"model.layers.0.mlp.up_proj": 500}}], "use 1 to 64"),
     ],
 )
@@ -138,7 +140,7 @@ runner = CliRunner()
     "args, message",
     [
         (["--method", "wanda", "--set", "method=magnitude"], "--set method=... is not a setting"),
-        (["--method", "wanda", "--sparsity", "0.5", "--set", "sparsity=0.6"], "--sparsity and --set sparsity=... both given"),
+        (["--method", "wanda", "--ratio", "0.5", "--set", "ratio=0.6"], "--ratio and --set ratio=... both given"),
         (["--method", "wanda", "--pattern", "2:4", "--set", "pattern=4:8"], "--pattern and --set pattern=... both given"),
     ],
 )

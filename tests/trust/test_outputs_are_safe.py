@@ -14,7 +14,7 @@ from netslim.export.atomic import OWNER_FILE, PARTIAL_FILE, atomic_folder, check
 from netslim.job import Protocol, compress_job
 
 PROTO = dict(seqlen=32, calib_windows=2, eval_windows=2, seed=0)
-RECIPE = [{"method": "magnitude", "sparsity": 0.5}]
+RECIPE = [{"method": "magnitude", "ratio": 0.5}]
 
 
 def _tree(root: Path) -> dict[str, str]:

@@ -11,6 +11,8 @@ import enum
 
 import torch
 
+from netslim.ops.moments import Moments
+
 
 class Stat(str, enum.Enum):
     """A statistic a method can ask the engine for."""
@@ -19,31 +21,17 @@ class Stat(str, enum.Enum):
     HESSIAN = "hessian"  # X^T X over tokens (SparseGPT, GPTQ, whitening SVD)
 
 
-class InputStats:
-    """Accumulates statistics of one input activation stream.
+class InputStats(Moments):
+    """Accumulates statistics of one input activation stream (see :class:`Moments`).
 
     Args:
         in_features: Width of the input.
-        needs: Which statistics to keep.
+        needs: Which statistics to keep (``X^T X`` only for ``Stat.HESSIAN``).
         device: Where to accumulate (the block's device).
     """
 
     def __init__(self, in_features: int, needs: frozenset[Stat], device: torch.device | str = "cpu"):
-        self.n_tokens = 0
-        self.sq_sum = torch.zeros(in_features, dtype=torch.float32, device=device)
-        self.xtx = (
-            torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
-            if Stat.HESSIAN in needs
-            else None
-        )
-
-    def add(self, x: torch.Tensor) -> None:
-        """Add activations of shape (..., in_features)."""
-        x = x.detach().reshape(-1, x.shape[-1]).to(self.sq_sum.device, torch.float32)
-        self.n_tokens += x.shape[0]
-        self.sq_sum += x.square().sum(dim=0)
-        if self.xtx is not None:
-            self.xtx.addmm_(x.t(), x)
+        super().__init__(in_features, gram=Stat.HESSIAN in needs, device=device)
 
     def view(self) -> LayerStats:
         """A read-only view for methods."""

@@ -1,4 +1,4 @@
-"""Multiply-accumulate counts (MACs) of one forward pass, and parameter counts.
+"""Multiply-accumulate counts (MACs) of one forward pass (parameters: :func:`netslim.eval.size.count_params`).
 
 Counted: convolutions, linear layers, matrix products and scaled dot-product attention, the
 operations that dominate the cost; element-wise work, norms and pooling are not counted.
@@ -83,8 +83,3 @@ def count_macs(model: nn.Module, example_inputs: tuple | dict) -> int:
     finally:
         model.train(was_training)
     return counter.macs
-
-
-def count_params(model: nn.Module) -> int:
-    """Parameters, each tensor counted once even when tied (works on the meta device too)."""
-    return sum(p.numel() for p in model.parameters())  # parameters() skips repeated objects

@@ -27,14 +27,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     calib = proto.get("calibration") or {}
     base, comp = report["baseline"], report["compressed"]
     lines = [
-        f"# netslim report: {report['model']}",
-        "",
-        "## Recipe",
-        "",
-        *[f"- `{_stage(s)}`" for s in report["recipe"]],
-        "",
-        "## Protocol",
-        "",
+        *_head(report),
         f"- evaluation: {proto['dataset']}, seqlen {proto['seqlen']}, {proto['windows']} non-overlapping "
         f"windows ({proto['tokens']} tokens, {proto['predicted_tokens']} predicted), "
         f"BOS per window: {proto['bos_per_window']}; ppl = exp(mean NLL of predicted tokens)",
@@ -60,6 +53,20 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _head(report: dict[str, Any]) -> list[str]:
+    """The title and the recipe, up to the first line of the protocol section."""
+    return [
+        f"# netslim report: {report['model']}",
+        "",
+        "## Recipe",
+        "",
+        *[f"- `{_stage(s)}`" for s in report["recipe"]],
+        "",
+        "## Protocol",
+        "",
+    ]
+
+
 def _stage(stage: dict[str, Any]) -> str:
     """One line per stage; long per-block or per-layer settings are summarized (recipe.yaml has them)."""
     def shown(value: Any) -> str:
@@ -83,14 +90,7 @@ def _render_channels(report: dict[str, Any]) -> str:
     metrics = list(base["scores"])
     size = comp.get("size_bytes")
     lines = [
-        f"# netslim report: {report['model']}",
-        "",
-        "## Recipe",
-        "",
-        *[f"- `{_stage(s)}`" for s in report["recipe"]],
-        "",
-        "## Protocol",
-        "",
+        *_head(report),
         *[f"- {key}: {text}" for key, text in report["protocol"].items()],
         "",
         "## Results",

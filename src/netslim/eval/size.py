@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,13 +23,33 @@ class ModelSize:
         return asdict(self)
 
 
-def unique_parameters(model: nn.Module) -> Iterator[torch.Tensor]:
-    """Each parameter tensor once, even when tied (embedding and LM head)."""
+def unique_parameters(params: nn.Module | Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Each parameter tensor of a model (or of a collection of tensors) once, even when tied
+    (embedding and LM head): the same object, or two parameters on the same memory. Meta and
+    empty tensors have no memory of their own and are told apart by object (so counting works
+    on the meta device too)."""
     seen = set()
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
+    for p in params.parameters() if isinstance(params, nn.Module) else params:
+        key = ("ptr", p.data_ptr()) if p.numel() and p.device.type != "meta" else ("id", id(p))
+        if key not in seen:
+            seen.add(key)
             yield p
+
+
+def count_params(model: nn.Module | Iterable[torch.Tensor]) -> int:
+    """Parameters of ``model`` (or of a collection of tensors), each tensor counted once even when tied.
+
+    The one parameter counter: :func:`model_size` adds the weights quantized layers keep in
+    buffers to it.
+    """
+    return sum(p.numel() for p in unique_parameters(model))
+
+
+def _is_quantized(module: nn.Module) -> bool:
+    """A :class:`netslim.nn.quantized.QuantizedLinear` (by its registered module kind, which
+    needs no import of :mod:`netslim.nn`: that package imports :mod:`netslim.export`, which
+    imports this module)."""
+    return getattr(type(module), "netslim_kind", None) == "quantized"
 
 
 def model_size(model: nn.Module) -> ModelSize:
@@ -39,15 +59,13 @@ def model_size(model: nn.Module) -> ModelSize:
     its ``out x in`` weights and its bias, non-zero where the dequantized weight is, and the
     bytes of those buffers.
     """
-    from netslim.nn.quantized import QuantizedLinear  # noqa: PLC0415  (import cycle via netslim.export)
-
     params = nonzero = size = 0
     for p in unique_parameters(model):
         params += p.numel()
         nonzero += int(torch.count_nonzero(p))
         size += p.numel() * p.element_size()
     for module in model.modules():
-        if isinstance(module, QuantizedLinear):
+        if _is_quantized(module):
             weight = module.dequantize()
             tensors = [module.codes, module.scales, module.zeros]
             extra = [] if module.bias is None else [module.bias]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from netslim.errors import ModelNotFoundError, NetslimError
 from netslim.export.modules import rebuild_modules
 from netslim.export.storage import ArtifactError, checked_file, read_packed
-from netslim.models.loading import NETSLIM_MARKER, LoadedModel, load_hf_folder, load_tokenizer
+from netslim.models.folder import NETSLIM_MARKER, LoadedModel, load_hf_folder, load_tokenizer
 
 SUPPORTED_FORMATS = ("dense", "modules", "packed", "slim_plan")
 # Keys of netslim.json and their JSON types: those every format has, those some formats need,

@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
@@ -54,16 +55,24 @@ from netslim.eval.report import render_markdown
 from netslim.eval.size import folder_weight_bytes
 from netslim.export.atomic import atomic_folder
 from netslim.export.modules import module_specs
+from netslim.export.recipe_file import Stage, dump_recipe, recipe_data
 from netslim.export.storage import (
     check_codecs, decoder_linears, dense_records, plan_codecs, round_values, storage_summary, unique_state,
     value_dtypes, write_packed,
 )
-from netslim.models.loading import NETSLIM_MARKER
-
-if TYPE_CHECKING:
-    from netslim.api import CompressionResult
+from netslim.models.folder import NETSLIM_MARKER
 
 FORMATS = ("auto", "dense", "packed")
+
+
+class SavedResult(Protocol):
+    """What :func:`save` reads of a compression result (:class:`netslim.api.CompressionResult`)."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    recipe: Sequence[Stage]
+    source: str
+    report: dict | None
 
 
 def _reference_model(model):
@@ -75,7 +84,7 @@ def _reference_model(model):
 
 
 def save(
-    result: CompressionResult,
+    result: SavedResult,
     path: str | os.PathLike,
     overwrite: bool = False,
     format: str = "auto",  # noqa: A002  (the user-facing name)
@@ -100,9 +109,6 @@ def save(
         ConfigError: for an unknown format, codec or dtype, or ``format="dense"`` for a
             model that plain ``transformers`` cannot express.
     """
-    # netslim.recipe imports the methods, which import the module kinds, which import netslim.export
-    from netslim.recipe import dump_recipe, recipe_data  # noqa: PLC0415
-
     check_codecs(codecs)
     model = result.model
     modules, packed, dtypes = _layout(model, format, dtype)

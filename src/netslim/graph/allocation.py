@@ -4,7 +4,7 @@ Both allocations respect, per group, ``max_group_ratio`` and ``round_to`` (the n
 units is a multiple of it, and at least one unit is kept).
 
 Example:
-    >>> select_units(groups, scores, 0.3, ChannelPruneConfig(target_flops=0.3))
+    >>> select_units(groups, scores, 0.3, ChannelPruneConfig(ratio=0.3, measure="macs"))
     {17, 18, 42, ...}
 """
 

@@ -6,7 +6,7 @@ smaller dense model. Importance criteria are in :mod:`netslim.graph.importance`.
 
 Example:
     >>> import netslim
-    >>> cfg = netslim.ChannelPruneConfig(target_flops=0.5, importance="l2", round_to=8)
+    >>> cfg = netslim.ChannelPruneConfig(ratio=0.5, measure="macs", importance="l2", round_to=8)
     >>> result = netslim.prune_channels(model, (torch.randn(1, 3, 224, 224),), cfg)
     >>> result.after["macs"] / result.before["macs"]   # about 0.5
     >>> netslim.graph.save_pruned(result.model, result.plan, "slim/")
@@ -25,10 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from netslim.errors import ConfigError
-from netslim.eval.flops import count_macs, count_params
+from netslim.errors import ConfigError, refuse_renamed
+from netslim.eval.flops import count_macs
+from netslim.eval.latency import interleaved_ms
+from netslim.eval.size import count_params
 from netslim.graph.allocation import select_units
-from netslim.graph.dependency import DependencyGraph, build_graph
+from netslim.graph.build import build_graph
+from netslim.graph.dependency import DependencyGraph
 from netslim.graph.errors import GraphPruneError
 from netslim.graph.importance import Importance, group_scores
 from netslim.graph.plan import SlimPlan
@@ -39,9 +42,9 @@ class ChannelPruneConfig(BaseModel):
 
     Attributes:
         importance: ``l1``, ``l2``, ``bn_scale``, ``taylor`` or ``random``.
-        target_params: Fraction of parameters to remove, in (0, 1).
-        target_flops: Fraction of MACs (FLOPs) to remove, in (0, 1). Give exactly one target.
-        params_of: What ``target_params`` is a fraction of: ``model`` (every parameter) or
+        ratio: Fraction to remove, in (0, 1): of the parameters or of the MACs (``measure``).
+        measure: ``params`` (default) or ``macs`` (multiply-accumulates, i.e. FLOPs / 2).
+        params_of: What a ``params`` ratio is a fraction of: ``model`` (every parameter) or
             ``prunable`` (the parameters held by modules the graph can cut, e.g. the encoder
             layers of a BERT model but not its embeddings; see :func:`prunable_params`).
         allocation: ``uniform`` removes the same fraction of every group; ``global`` ranks
@@ -56,8 +59,8 @@ class ChannelPruneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     importance: Importance = Importance.L1
-    target_params: float | None = Field(None, gt=0, lt=1)
-    target_flops: float | None = Field(None, gt=0, lt=1)
+    ratio: float = Field(gt=0, lt=1)
+    measure: Literal["params", "macs"] = "params"
     params_of: Literal["model", "prunable"] = "model"
     allocation: Literal["uniform", "global"] = "uniform"
     round_to: int = Field(1, ge=1)
@@ -67,17 +70,10 @@ class ChannelPruneConfig(BaseModel):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _one_target(self) -> ChannelPruneConfig:
-        if (self.target_params is None) == (self.target_flops is None):
-            raise ValueError("give exactly one of target_params or target_flops (a fraction to remove)")
-        if self.params_of == "prunable" and self.target_params is None:
-            raise ValueError("params_of='prunable' applies to target_params only; drop it or use target_params")
+    def _params_of_params(self) -> ChannelPruneConfig:
+        if self.params_of == "prunable" and self.measure != "params":
+            raise ValueError("params_of='prunable' applies to measure: params only; drop it or measure params")
         return self
-
-    @property
-    def target(self) -> float:
-        """The fraction to remove, of parameters or of MACs."""
-        return self.target_params if self.target_params is not None else self.target_flops
 
 
 @dataclass
@@ -101,25 +97,18 @@ class ChannelPruneResult:
     seconds: float = 0.0
 
 
+LATENCY_RUNS, LATENCY_WARMUP = 10, 2  # timed and warm-up forward passes of ``latency=True``
+
+
 def measure(model: nn.Module, example_inputs: tuple, latency: bool = False) -> dict:
-    """``params``, ``macs`` and, if asked, the median CPU ``latency_ms`` of 10 forward passes."""
+    """``params``, ``macs`` and, if asked, the median CPU ``latency_ms`` of 10 forward passes
+    (after 2 warm-up passes; the model is put in eval mode first)."""
     out = {"params": count_params(model), "macs": count_macs(model, example_inputs)}
     if latency:
-        out["latency_ms"] = cpu_latency_ms(model, example_inputs)
+        model.eval()
+        timed = interleaved_ms({"model": model}, lambda m: m(*example_inputs), LATENCY_RUNS, LATENCY_WARMUP)
+        out["latency_ms"] = timed["model"]
     return out
-
-
-@torch.inference_mode()
-def cpu_latency_ms(model: nn.Module, example_inputs: tuple, repeats: int = 10) -> float:
-    """Median wall time of one forward pass in milliseconds, after two warm-up passes."""
-    model.eval()
-    times = []
-    for i in range(repeats + 2):
-        start = time.perf_counter()
-        model(*example_inputs)
-        if i >= 2:
-            times.append((time.perf_counter() - start) * 1000)
-    return sorted(times)[len(times) // 2]
 
 
 def prunable_params(graph: DependencyGraph) -> int:
@@ -130,8 +119,7 @@ def prunable_params(graph: DependencyGraph) -> int:
     ``ignore`` do not count.
     """
     names = {name for group in graph.groups() for name, _ in group.members}
-    tensors = {id(p): p for name in names for p in graph.model.get_submodule(name).parameters(recurse=False)}
-    return sum(p.numel() for p in tensors.values())
+    return count_params(p for name in names for p in graph.model.get_submodule(name).parameters(recurse=False))
 
 
 def prune_channels(
@@ -162,7 +150,7 @@ def prune_channels(
         raise ConfigError("importance 'taylor' needs loss_fn=, a function model -> scalar loss")
     example_inputs = _as_inputs(example_inputs)
     start = time.perf_counter()
-    key = "params" if cfg.target_params is not None else "macs"
+    key = cfg.measure
     reference = _shapes(model, example_inputs, pruned=False)
     before = measure(model, example_inputs, latency)
     plan, report, total = SlimPlan(), [], before[key]
@@ -170,7 +158,7 @@ def prune_channels(
         graph = build_graph(model, example_inputs, cfg.ignore)
         if step == 1 and cfg.params_of == "prunable":
             total = before["prunable_params"] = prunable_params(graph)
-        goal = before[key] - total * cfg.target * step / cfg.steps
+        goal = before[key] - total * cfg.ratio * step / cfg.steps
         units, report = _solve(graph, cfg, example_inputs, key, goal, loss_fn, total)
         plan.cuts.extend(graph.prune(units))
     if _shapes(model, example_inputs) != reference:
@@ -182,6 +170,7 @@ def prune_channels(
 def _parse(config: dict) -> ChannelPruneConfig:
     from pydantic import ValidationError  # noqa: PLC0415
 
+    refuse_renamed(config, ChannelPruneConfig.model_fields)
     try:
         return ChannelPruneConfig(**config)
     except ValidationError as exc:

@@ -6,6 +6,9 @@ Slots united by the propagation (:mod:`netslim.graph.propagate`) form units; uni
 exactly the same uses form a :class:`Group` (a convolution's output channels together with
 its batch norm, the residual stream of a stage, the heads of one attention module).
 
+Graphs are built by :func:`netslim.graph.build.build_graph` (tracing or, for encoders,
+:mod:`netslim.graph.hf`), which imports this module, never the other way round.
+
 Example:
     >>> graph = build_graph(model, (torch.randn(1, 3, 32, 32),))
     >>> group = graph.groups()[0]
@@ -119,16 +122,3 @@ class DependencyGraph:
             for name, side, removed in self._each_cut(units)
         )
 
-
-def build_graph(model: nn.Module, example_inputs: tuple, ignore: tuple[str, ...] = ()) -> DependencyGraph:
-    """The dependency graph of ``model`` (a Hugging Face encoder, or anything ``torch.fx`` traces).
-
-    Raises:
-        GraphTraceError: naming the operation that could not be traced.
-    """
-    from netslim.graph import hf, propagate  # noqa: PLC0415  (both import this module)
-
-    graph = hf.encoder_graph(model) if hf.is_encoder(model) else propagate.propagate(model, example_inputs)
-    if ignore:
-        graph.fix_modules(ignore)
-    return graph

@@ -1,7 +1,7 @@
 """A replayable record of cuts, stored as JSON next to safetensors weights (no pickling).
 
 Example:
-    >>> result = prune_channels(model, inputs, ChannelPruneConfig(target_flops=0.5))
+    >>> result = prune_channels(model, inputs, ChannelPruneConfig(ratio=0.5, measure="macs"))
     >>> save_pruned(result.model, result.plan, "slim/")
     >>> fresh = MyNet()                       # the architecture, built as usual
     >>> model = load_pruned(fresh, "slim/")   # cuts replayed, then the weights loaded

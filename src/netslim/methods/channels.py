@@ -1,7 +1,7 @@
 """``channels``: dependency-graph channel pruning (DepGraph) as a recipe stage, for vision and encoder models.
 
 The settings are those of :class:`netslim.graph.api.ChannelPruneConfig` (importance, one of
-``target_params`` / ``target_flops``, allocation, round_to, ...). The stage acts on a
+``ratio`` of ``params`` or ``macs``, allocation, round_to, ...). The stage acts on a
 :class:`netslim.models.tasks.ModelTask`, which supplies the example inputs and, for the
 ``taylor`` criterion, the loss; a task's defaults for ``params_of`` and ``round_to`` apply
 unless the stage sets them.
@@ -11,7 +11,8 @@ Example recipe (``netslim compress efficientnet-lite0 --recipe r.yaml --out slim
 .. code-block:: yaml
 
     - method: channels
-      target_flops: 0.3
+      ratio: 0.3
+      measure: macs
       importance: taylor
       allocation: global
 """
@@ -41,7 +42,7 @@ class ChannelsConfig(MethodConfig, ChannelPruneConfig):
         updates = {}
         if "round_to" not in self.model_fields_set:
             updates["round_to"] = task.round_to
-        if "params_of" not in self.model_fields_set and self.target_params is not None:
+        if "params_of" not in self.model_fields_set and self.measure == "params":
             updates["params_of"] = task.params_of
         fields = {k: getattr(self, k) for k in self.model_fields_set}
         return ChannelsConfig(**{**fields, **updates})

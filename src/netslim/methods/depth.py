@@ -10,7 +10,7 @@ blocks keeps every remaining block intact, so the config (``num_hidden_layers``,
 
 Recipe:
     - method: depth
-      ratio: 0.25            # or blocks: 8
+      ratio: 0.25            # or remove: [20, 21, 22]
       score: block_influence # or perplexity
 """
 
@@ -39,17 +39,15 @@ class DepthConfig(MethodConfig):
     Attributes:
         ratio: Fraction of the blocks to remove (blocks are equal in size, so this is also
             the fraction of decoder parameters); rounded to whole blocks.
-        blocks: Number of blocks to remove instead of ``ratio``.
         score: ``block_influence`` (ShortGPT) or ``perplexity`` (each block skipped in turn).
         score_windows: Calibration windows used for scoring.
         remove: The indices of the blocks to remove; filled in by the run (the scores'
             decision, so the saved recipe replays exactly), may also be given by hand (then
-            ratio and blocks are not consulted, nothing is scored and no data is needed).
+            ratio is not consulted, nothing is scored and no data is needed).
     """
 
     method: Literal["depth"] = "depth"
     ratio: float | None = Field(default=None, gt=0.0, lt=1.0)
-    blocks: int | None = Field(default=None, ge=1)
     score: Literal["block_influence", "perplexity"] = "block_influence"
     score_windows: int = Field(default=16, ge=1)
     remove: tuple[int, ...] | None = None
@@ -59,8 +57,8 @@ class DepthConfig(MethodConfig):
 
     @model_validator(mode="after")
     def _one_amount(self) -> DepthConfig:
-        if self.remove is None and (self.ratio is None) == (self.blocks is None):
-            raise ValueError("give exactly one of ratio (fraction of blocks) or blocks (a count), or remove (indices)")
+        if self.remove is None and self.ratio is None:
+            raise ValueError("give ratio (a fraction of the blocks) or remove (block indices)")
         if self.ignore or self.true_sequential:
             raise ValueError("depth removes whole blocks; ignore and true_sequential do not apply")
         if self.remove is not None and (len(set(self.remove)) != len(self.remove) or min(self.remove, default=0) < 0):
@@ -88,9 +86,10 @@ class DepthConfig(MethodConfig):
                 raise ConfigError(f"depth: remove names block {max(self.remove)}; the model has {num_blocks} blocks")
             n = len(self.remove)
         else:
-            n = self.blocks if self.blocks is not None else round(self.ratio * num_blocks)
+            n = round(self.ratio * num_blocks)
         if n == 0:
-            raise ConfigError(f"depth: ratio={self.ratio} of {num_blocks} blocks rounds to 0 blocks; raise it or give blocks")
+            raise ConfigError(f"depth: ratio={self.ratio} of {num_blocks} blocks rounds to 0 blocks; raise it or list "
+                              "the blocks to remove")
         if n >= num_blocks:
             raise ConfigError(f"depth: cannot remove {n} of {num_blocks} blocks; keep at least one")
         return n

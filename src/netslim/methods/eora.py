@@ -39,12 +39,13 @@ class EoRAConfig(MethodConfig):
 
     Attributes:
         rank: Rank of each layer's correction (capped at the layer's smaller side).
-        eps: Eigenvalues of ``X^T X`` below ``eps`` times the largest are clamped to it.
+        damp: Regularization of ``X^T X``: its eigenvalues below ``damp`` times the largest are
+            raised to that floor.
     """
 
     method: Literal["eora"] = "eora"
     rank: int = Field(default=32, ge=1)
-    eps: float = Field(default=1e-6, gt=0.0, lt=1.0)
+    damp: float = Field(default=1e-6, gt=0.0, lt=1.0)
     needs: ClassVar[frozenset[Stat]] = frozenset({Stat.HESSIAN})
     needs_original: ClassVar[bool] = True
     accepts: ClassVar[frozenset[str]] = frozenset({FLOAT, "quantized", "factorized_linear"})
@@ -69,7 +70,7 @@ def eora(layer: LayerView, stats: LayerStats, cfg: EoRAConfig) -> dict:
     compressed = effective_weight(layer.module).float()
     error = layer.original.to(compressed.device, torch.float32) - compressed
     rank = min(cfg.rank, *error.shape)
-    factors = eigen_factors(error, rank, stats.hessian, cfg.eps)
+    factors = eigen_factors(error, rank, stats.hessian, cfg.damp)
     dtype = layer.original.dtype
     layer.replace(LowRankCompensated.around(layer.module, factors.up.to(dtype), factors.down.to(dtype)))
     return {"compensation_rank": rank}

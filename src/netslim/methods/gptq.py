@@ -11,7 +11,7 @@ Options beyond the grid (:class:`~netslim.methods.rtn.QuantizationConfig`):
 - ``act_order``: process columns by decreasing Hessian diagonal (most active inputs first).
   Groups are then *static*: every group's grid is computed from the original weights before
   the sweep, so ``g_idx`` stays ``i // group_size`` and the storage needs no permutation.
-- ``damp_percent``: dampening as a fraction of the mean Hessian diagonal (default 1%); a
+- ``damp``: dampening as a fraction of the mean Hessian diagonal (default 1%); a
   Hessian that is still not positive definite takes the fallback chain of
   :mod:`netslim.ops.hessian`, recorded per layer as ``hessian_fallback``.
 - ``true_sequential`` (default on): q/k/v, then o, then gate/up, then down are calibrated
@@ -51,7 +51,7 @@ class GPTQConfig(QuantizationConfig):
 
     method: Literal["gptq"] = "gptq"
     act_order: bool = False
-    damp_percent: float = Field(default=0.01, ge=0.0, lt=1.0)
+    damp: float = Field(default=0.01, ge=0.0, lt=1.0)
     true_sequential: bool = True
 
     needs: ClassVar[frozenset[Stat]] = frozenset({Stat.HESSIAN})
@@ -74,7 +74,7 @@ def gptq_quantize(
     group_size: int = 128,
     sym: bool = False,
     act_order: bool = False,
-    damp_percent: float = 0.01,
+    damp: float = 0.01,
 ) -> GPTQResult:
     """Quantize ``weight`` (out, in) against ``hessian`` (in, in); pure, never raises on singular H."""
     work = weight.detach().float().clone()
@@ -85,7 +85,7 @@ def gptq_quantize(
     if perm is not None:
         work, hessian = work[:, perm], hessian[perm][:, perm]
         keep = None if keep is None else keep[:, perm]
-    factor = inverse_cholesky(hessian, damp_percent)
+    factor = inverse_cholesky(hessian, damp)
     rule = QuantRule(rule_weight, bits, group_size, sym, perm=perm, keep=keep)
     loss = obs_sweep(work, factor.upper, rule, aligned_block_size(group_size))
     if perm is not None:
@@ -98,7 +98,7 @@ def gptq(layer: LayerView, stats: LayerStats, cfg: GPTQConfig) -> dict:
     """Quantize the layer with GPTQ and swap in the quantized module."""
     result = gptq_quantize(
         layer.weight, stats.hessian.to(layer.weight.device), cfg.bits, cfg.group_size, cfg.sym,
-        cfg.act_order, cfg.damp_percent,
+        cfg.act_order, cfg.damp,
     )
     return {
         **install_quantized(layer, result.qweight),

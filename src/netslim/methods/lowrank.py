@@ -150,18 +150,18 @@ class SVDLLMConfig(LowRankConfig):
     """Truncation-aware whitening SVD (SVD-LLM).
 
     Attributes:
-        damping: Relative diagonal damping of ``X^T X`` (a fraction of its mean diagonal)
+        damp: Relative diagonal damping of ``X^T X`` (a fraction of its mean diagonal)
             before its Cholesky factorization. If that fails, 10x, 100x, 1000x the damping,
             then fp64, then a diagonal factor are tried; each layer's report records which
             (``whitening_fallback``, ``whitening_damping``).
     """
 
     method: Literal["svd_llm"] = "svd_llm"
-    damping: float = Field(default=1e-6, ge=0.0, lt=1.0)
+    damp: float = Field(default=1e-6, ge=0.0, lt=1.0)
     needs: ClassVar[frozenset[Stat]] = frozenset({Stat.HESSIAN})
 
     def factors(self, weight, stats, rank):
-        whitening = cholesky_with_fallback(stats.hessian.to(weight.device), self.damping)
+        whitening = cholesky_with_fallback(stats.hessian.to(weight.device), self.damp)
         return whitened_factors(weight, rank, whitening), whitening.describe()
 
 

@@ -6,7 +6,7 @@ compete across the whole layer by default (``compare: layer``).
 
 Recipe:
     - method: magnitude
-      sparsity: 0.5          # or pattern: "2:4"
+      ratio: 0.5             # or pattern: "2:4"
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Example:
     >>> @register_method("wanda", WandaConfig)
     ... def wanda(layer: LayerView, stats: LayerStats, cfg: WandaConfig) -> dict: ...
-    >>> build_config({"method": "wanda", "sparsity": 0.5})
-    WandaConfig(method='wanda', sparsity=0.5, ...)
+    >>> build_config({"method": "wanda", "ratio": 0.5})
+    WandaConfig(method='wanda', ratio=0.5, ...)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from netslim.errors import ConfigError, did_you_mean
+from netslim.errors import ConfigError, did_you_mean, refuse_renamed
 from netslim.methods.base import MethodConfig
 
 
@@ -89,6 +89,7 @@ def build_config(stage: MethodConfig | Mapping[str, Any], where: str = "") -> Me
         raise ConfigError(f"{where}missing 'method' (registered: {', '.join(method_names())})")
     name = str(stage["method"])
     config_cls = get_method(name)
+    refuse_renamed(stage, config_cls.model_fields, f"{where}{name}: ")
     try:
         return config_cls(**stage)
     except ValidationError as exc:

@@ -12,12 +12,12 @@ different bases, each residual connection goes through a shortcut matrix ``Q_a^T
 (:class:`netslim.models.sliced.SlicedDecoderLayer`). Each basis is computed on the outputs
 of the already sliced blocks before it, as in the paper.
 
-``slicing`` is the fraction of the hidden dimension removed, not of the parameters: the
+``ratio`` is the fraction of the hidden dimension removed, not of the parameters: the
 shortcut matrices add ``2 k^2`` parameters per block, and a tied LM head is untied.
 
 Recipe:
     - method: slicegpt
-      slicing: 0.25          # fraction of the hidden dimension deleted
+      ratio: 0.25            # fraction of the hidden dimension deleted
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from netslim.data.windows import TokenWindows
 from netslim.engine.capture import BlockCall, capture_block_inputs, run_block
 from netslim.engine.stats import Stat
 from netslim.errors import ConfigError
+from netslim.eval.size import count_params
 from netslim.methods.base import MethodConfig, ModelShape, Scope
 from netslim.methods.registry import register_method
 from netslim.models import rotate
@@ -42,13 +43,13 @@ class SliceGPTConfig(MethodConfig):
     """SliceGPT settings.
 
     Attributes:
-        slicing: Fraction of the hidden dimension deleted from every residual signal.
+        ratio: Fraction of the hidden dimension deleted from every residual signal.
         round_to: The kept width is rounded down to a multiple of this (for fast kernels).
         damp: Fraction of the mean eigenvalue added to ``X^T X`` before the eigensolver.
     """
 
     method: Literal["slicegpt"] = "slicegpt"
-    slicing: float = Field(default=0.25, ge=0.0, lt=1.0)
+    ratio: float = Field(default=0.25, ge=0.0, lt=1.0)
     round_to: int = Field(default=8, ge=1)
     damp: float = Field(default=0.01, ge=0.0)
 
@@ -66,7 +67,7 @@ class SliceGPTConfig(MethodConfig):
         if shape.adapter is not None:
             rotate.check_sliceable(shape.adapter)
         if "sliced_decoder_layer" in shape.module_kinds:
-            raise ConfigError("slicegpt: the model is already sliced; use one slicegpt stage with a larger slicing")
+            raise ConfigError("slicegpt: the model is already sliced; use one slicegpt stage with a larger ratio")
         super().preflight(shape)
         shape.module_kinds.add("sliced_decoder_layer")
         for layer in shape.layers.values():
@@ -74,7 +75,7 @@ class SliceGPTConfig(MethodConfig):
 
     def width(self, hidden_size: int) -> int:
         """Width of every residual signal after slicing."""
-        return sliced_width(hidden_size, self.slicing, self.round_to)
+        return sliced_width(hidden_size, self.ratio, self.round_to)
 
 
 def _basis(signal: torch.Tensor, cfg: SliceGPTConfig, width: int) -> torch.Tensor:
@@ -114,7 +115,7 @@ def _slice_block(
     basis_out = _basis(output, cfg, width)
     rotate.rotate_output_basis(adapter, block, basis_out)
     dims = {"d_in": basis_in.shape[1], "d_mid": width, "d_out": width}
-    params = sum(p.numel() for p in block.parameters())
+    params = count_params(block)
     return _project(output, basis_out), basis_out, {**dims, "params": params}
 
 

@@ -16,7 +16,7 @@ With ``bits`` set, kept weights are also rounded to a GPTQ grid inside the same 
 
 Recipe:
     - method: sparsegpt
-      sparsity: 0.5          # or pattern: "2:4"
+      ratio: 0.5             # or pattern: "2:4"
       bits: 4                # optional: joint 4-bit quantization of the kept weights
       group_size: 128
 """
@@ -41,10 +41,10 @@ from netslim.ops.quant import QuantizedWeight, check_grid
 
 
 class SparseGPTConfig(PruningConfig):
-    """SparseGPT settings (see :class:`PruningConfig` for sparsity, pattern, allocation).
+    """SparseGPT settings (see :class:`PruningConfig` for ratio, pattern, allocation).
 
     Attributes:
-        damp_percent: Hessian dampening as a fraction of its mean diagonal.
+        damp: Hessian dampening as a fraction of its mean diagonal.
         bits: Quantize the kept weights to this many bits in the same sweep; ``None`` (the
             default) leaves them in floating point.
         group_size: Quantization group size when ``bits`` is set (-1: per output channel).
@@ -52,7 +52,7 @@ class SparseGPTConfig(PruningConfig):
     """
 
     method: Literal["sparsegpt"] = "sparsegpt"
-    damp_percent: float = Field(default=0.01, ge=0.0, lt=1.0)
+    damp: float = Field(default=0.01, ge=0.0, lt=1.0)
     bits: int | None = None
     group_size: int = 128
     sym: bool = False
@@ -86,7 +86,7 @@ def sparsegpt_prune(
     hessian: torch.Tensor,
     sparsity: float = 0.5,
     nm: tuple[int, int] | None = None,
-    damp_percent: float = 0.01,
+    damp: float = 0.01,
     quant: tuple[int, int, bool] | None = None,
 ) -> SparseGPTResult:
     """Prune ``weight`` (out, in) against ``hessian`` (in, in); pure, never raises on singular H.
@@ -94,11 +94,11 @@ def sparsegpt_prune(
     Args:
         sparsity: Share of each block's weights to prune (ignored for ``nm``).
         nm: ``(N, M)`` for semi-structured sparsity.
-        damp_percent: Dampening, fraction of the mean Hessian diagonal.
+        damp: Dampening, fraction of the mean Hessian diagonal.
         quant: ``(bits, group_size, sym)`` to quantize kept weights jointly.
     """
     work = weight.detach().float().clone()
-    factor = inverse_cholesky(fix_dead_inputs(hessian.float(), work), damp_percent)
+    factor = inverse_cholesky(fix_dead_inputs(hessian.float(), work), damp)
     quantizer = QuantRule(work.clone(), *quant) if quant is not None else None
     units = [u for u in (nm[1] if nm else 0, quant[1] if quant else 0) if u > 0]  # both must fit in a block
     block_size = aligned_block_size(math.lcm(*units) if units else 0)
@@ -113,7 +113,7 @@ def sparsegpt(layer: LayerView, stats: LayerStats, cfg: SparseGPTConfig) -> dict
     sparsity = cfg.sparsity_for(layer.block_index)
     quant = (cfg.bits, cfg.group_size, cfg.sym) if cfg.bits is not None else None
     result = sparsegpt_prune(
-        layer.weight, stats.hessian.to(layer.weight.device), sparsity, cfg.nm, cfg.damp_percent, quant
+        layer.weight, stats.hessian.to(layer.weight.device), sparsity, cfg.nm, cfg.damp, quant
     )
     report = {
         "pattern": cfg.pattern,

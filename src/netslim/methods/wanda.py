@@ -8,7 +8,7 @@ group of M consecutive inputs. No weight update.
 
 Recipe:
     - method: wanda
-      sparsity: 0.5          # or pattern: "2:4"
+      ratio: 0.5             # or pattern: "2:4"
 """
 
 from __future__ import annotations

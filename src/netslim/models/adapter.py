@@ -18,7 +18,7 @@ from torch import nn
 from netslim.errors import UnsupportedModelError
 from netslim.models import families as _families  # noqa: F401  (registers the families)
 from netslim.models.registry import family_for_model_type
-from netslim.models.spec import FamilySpec
+from netslim.models.spec import FamilySpec, stores_transposed
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:
@@ -109,12 +109,16 @@ class ModelAdapter:
         """Number of query heads."""
         return int(getattr(self.config, self.spec.num_heads_attr))
 
+    def _optional_size(self, attr: str | None) -> int | None:
+        """The config's size ``attr``; ``None`` if the family names none or the config leaves it unset."""
+        value = getattr(self.config, attr, None) if attr else None
+        return int(value) if value else None
+
     @property
     def num_kv_heads(self) -> int:
         """Number of key-value heads (equals query heads without grouped-query attention)."""
-        attr = self.spec.num_kv_heads_attr
-        value = getattr(self.config, attr, None) if attr else None
-        return int(value) if value else self.num_heads
+        value = self._optional_size(self.spec.num_kv_heads_attr)
+        return self.num_heads if value is None else value
 
     @property
     def hidden_size(self) -> int:
@@ -124,9 +128,8 @@ class ModelAdapter:
     @property
     def head_dim(self) -> int:
         """Width of one attention head."""
-        attr = self.spec.head_dim_attr
-        value = getattr(self.config, attr, None) if attr else None
-        return int(value) if value else self.hidden_size // self.num_heads
+        value = self._optional_size(self.spec.head_dim_attr)
+        return self.hidden_size // self.num_heads if value is None else value
 
     @property
     def device(self) -> torch.device:
@@ -137,11 +140,12 @@ class ModelAdapter:
 def linear_weight(module: nn.Module) -> torch.Tensor:
     """The weight of a projection as an (out_features, in_features) view.
 
-    ``nn.Linear`` stores (out, in); GPT-2's ``Conv1D`` stores (in, out). Writing into the
-    returned view (``w.copy_(...)``, ``w.mul_(mask)``) writes the module's weight.
+    ``nn.Linear`` stores (out, in); GPT-2's ``Conv1D`` stores (in, out)
+    (:func:`~netslim.models.spec.stores_transposed`). Writing into the returned view
+    (``w.copy_(...)``, ``w.mul_(mask)``) writes the module's weight.
     """
     weight = module.weight.data
-    if type(module).__name__ == "Conv1D":
+    if stores_transposed(module):
         return weight.t()
     if isinstance(module, nn.Linear) or weight.dim() == 2:
         return weight

@@ -8,7 +8,21 @@ under ``netslim/models/families/``; registering it makes every method work on it
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+# Projection classes that store their weight as (in, out): transformers' ``Conv1D`` (GPT-2).
+TRANSPOSED_CLASSES = frozenset({"Conv1D"})
+
+
+def stores_transposed(module: object) -> bool:
+    """Whether a projection module keeps its weight as (in, out) rather than ``nn.Linear``'s (out, in).
+
+    The one transposed-weight rule: :func:`netslim.models.adapter.linear_weight` and the
+    training callbacks read weights through it, and a family's ``transposed_weights`` states
+    it for the family's projections (checked by the registry tests). The class is matched by
+    name so that ``transformers`` need not be imported.
+    """
+    return type(module).__name__ in TRANSPOSED_CLASSES
 
 
 class NormKind(str, enum.Enum):
@@ -41,9 +55,9 @@ class FamilySpec:
         mlp_out: Block-relative path of the MLP output projection.
         norm_kind: RMSNorm or LayerNorm.
         norm_weight_offset: Added to a norm's weight at run time (Gemma's ``1 + w``).
-        gated_mlp: Whether the MLP is ``down(act(gate(x)) * up(x))``.
         fused_qkv: Whether q, k and v are one projection (GPT-2 ``c_attn``).
-        transposed_weights: Whether projections store weights as (in, out) (GPT-2 ``Conv1D``).
+        transposed_weights: Whether projections store weights as (in, out) (GPT-2 ``Conv1D``,
+            see :func:`stores_transposed`); structural methods refuse such families.
         parallel_blocks: Whether attention and MLP read the same normed input in parallel.
         bos_per_window: Whether every evaluation window must start with BOS (Gemma).
         num_heads_attr / num_kv_heads_attr / head_dim_attr / hidden_attr / intermediate_attr:
@@ -66,7 +80,6 @@ class FamilySpec:
     post_mlp_norm: str | None = None
     norm_kind: NormKind = NormKind.RMSNORM
     norm_weight_offset: float = 0.0
-    gated_mlp: bool = True
     fused_qkv: bool = False
     transposed_weights: bool = False
     parallel_blocks: bool = False
@@ -76,7 +89,6 @@ class FamilySpec:
     head_dim_attr: str | None = "head_dim"
     hidden_attr: str = "hidden_size"
     intermediate_attr: str = "intermediate_size"
-    notes: str = field(default="", compare=False)
 
     @property
     def input_groups(self) -> tuple[tuple[str, ...], ...]:

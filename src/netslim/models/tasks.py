@@ -45,7 +45,7 @@ class ModelTask:
         score: ``score(model) -> {metric: value}``; the dense model's scores are the baseline.
         loss_fn: ``loss_fn(model) -> scalar`` for the ``taylor`` criterion.
         protocol: How each of the above is defined, for reports.
-        params_of: Default denominator of ``target_params`` (see ``ChannelPruneConfig``).
+        params_of: Default denominator of a ``params`` ratio (see ``ChannelPruneConfig``).
         round_to: Default ``round_to`` (hardware-friendly channel counts).
     """
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from netslim.errors import ConfigError, ModelNotFoundError, did_you_mean
+from netslim.models.folder import check_no_custom_code
 
 LITE_MEAN, LITE_STD = 127.0, 128.0  # EfficientNet-Lite: per-pixel (x - 127) / 128 on the 0..255 scale
 
@@ -62,8 +63,6 @@ def minilm_folder() -> Path:
 
 def _load_minilm() -> PretrainedModel:
     from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415
-
-    from netslim.models.loading import check_no_custom_code  # noqa: PLC0415
 
     folder = minilm_folder()
     check_no_custom_code(folder)  # no code from a model folder ever runs, even one from a pip package

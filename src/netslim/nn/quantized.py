@@ -21,14 +21,11 @@ import torch
 from torch import nn
 
 from netslim.export.modules import register_module_kind
+from netslim.ops.quant import dequantize, group_index, group_width
+
+__all__ = ["QuantizedLinear", "group_index"]
 
 _INT4_KERNEL_GROUPS = (256, 128, 64, 32)  # group sizes _weight_int4pack_mm_for_cpu accepts
-
-
-def group_index(in_features: int, group_size: int) -> torch.Tensor:
-    """The contiguous ``g_idx``: column ``i`` belongs to group ``i // group_size`` (-1 = one group)."""
-    size = group_size if 0 < group_size < in_features else in_features
-    return torch.arange(in_features, dtype=torch.int32) // size
 
 
 @register_module_kind("quantized")
@@ -92,9 +89,7 @@ class QuantizedLinear(nn.Module):
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The (out, in) weight this layer computes with, in ``dtype`` (default: the scales' dtype)."""
-        g = self.g_idx.long()
-        weight = self.scales[:, g] * (self.codes.to(self.scales.dtype) - self.zeros[:, g])
-        return weight.to(dtype or self.scales.dtype)
+        return dequantize(self.codes, self.scales, self.zeros, self.g_idx).to(dtype or self.scales.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self._cached("kernel", self._kernel) if self._kernel_applies(x) else None
@@ -140,7 +135,7 @@ class QuantizedLinear(nn.Module):
         return None
 
     def _group_width(self) -> int:
-        return self.group_size if 0 < self.group_size < self.in_features else self.in_features
+        return group_width(self.in_features, self.group_size)
 
 
 def _group_order(g_idx: torch.Tensor, width: int):

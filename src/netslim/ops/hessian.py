@@ -18,11 +18,20 @@ columns after it. This module holds the steps both papers take before the sweep:
 
 The fallback actually taken is returned so that the report can record it per layer. No step
 ever raises on a singular Hessian.
+
+The chain itself is :func:`damped_factor`, parametrized by the factorization tried at each
+step and by what the diagonal fallback returns; every Hessian or Gram matrix netslim factors
+goes through it: :func:`inverse_cholesky` here (GPTQ, SparseGPT) and the whitening factor of
+SVD-LLM (:func:`netslim.ops.lowrank.cholesky_with_fallback`). Eigendecompositions
+(SliceGPT's :func:`netslim.ops.rotation.pca_basis`, EoRA's
+:func:`netslim.ops.lowrank.eigen_factors`) do not fail on a semi-definite matrix and need no
+chain; they share only :func:`dampen`.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +68,14 @@ def dead_inputs(hessian: torch.Tensor) -> torch.Tensor:
     return torch.diagonal(hessian) == 0
 
 
+def unit_dead_inputs(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A copy of ``hessian`` with ``H_ii = 1`` for dead inputs, and the dead-input mask (in,)."""
+    hessian = hessian.clone()
+    dead = dead_inputs(hessian)
+    hessian[dead, dead] = 1.0
+    return hessian, dead
+
+
 def fix_dead_inputs(hessian: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Set ``H_ii = 1`` for dead inputs (on a copy) and zero their columns of ``weight`` in place.
 
@@ -69,9 +86,7 @@ def fix_dead_inputs(hessian: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
     Returns:
         The repaired copy of ``hessian``.
     """
-    hessian = hessian.clone()
-    dead = dead_inputs(hessian)
-    hessian[dead, dead] = 1.0
+    hessian, dead = unit_dead_inputs(hessian)
     weight[:, dead] = 0.0
     return hessian
 
@@ -95,17 +110,66 @@ def _upper_inverse_factor(hessian: torch.Tensor) -> torch.Tensor | None:
     return upper
 
 
-def _diagonal_factor(hessian: torch.Tensor, percent: float) -> torch.Tensor:
-    """Square root of the inverse diagonal; finite for any input."""
-    diag = torch.nan_to_num(torch.diagonal(hessian).double(), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
-    diag = diag + percent * diag.mean() + 1e-8
-    return torch.diag(diag.rsqrt()).float()
+def _lower_factor(matrix: torch.Tensor) -> torch.Tensor | None:
+    """``L`` with ``M = L L^T``, or ``None`` if the factorization fails or is not finite."""
+    lower, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) != 0 or not torch.isfinite(lower).all():
+        return None
+    return lower
+
+
+def damped_diagonal(matrix: torch.Tensor, percent: float, dtype: torch.dtype) -> torch.Tensor:
+    """The damped diagonal of ``matrix`` in ``dtype``, positive for any input (NaN/inf become 0)."""
+    diag = torch.nan_to_num(torch.diagonal(matrix).to(dtype), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
+    return diag + percent * diag.mean() + 1e-8
 
 
 def _damping_schedule(percent: float) -> list[float]:
     """The requested damping, then 10x, 100x, 1000x of it (of 1% when none was requested)."""
     base = percent if percent > 0 else 0.01
     return [percent] + [base * m for m in DAMP_RETRIES]
+
+
+@dataclass(frozen=True)
+class DampedFactor:
+    """What :func:`damped_factor` returns: the factor, the step that produced it, the damping."""
+
+    factor: torch.Tensor
+    fallback: HessianFallback
+    damp: float
+
+
+def damped_factor(
+    matrix: torch.Tensor,
+    percent: float,
+    factorize: Callable[[torch.Tensor], torch.Tensor | None],
+    diagonal: Callable[[torch.Tensor], torch.Tensor],
+    diagonal_dtype: torch.dtype = torch.float64,
+) -> DampedFactor:
+    """Factor ``matrix + d * mean(diag) * I`` through the fallback chain of the module docstring.
+
+    Args:
+        matrix: Symmetric positive semi-definite (n, n).
+        percent: Damping of the first attempt, as a fraction of the mean diagonal.
+        factorize: Damped matrix -> factor, or ``None`` when the factorization fails. Tried in
+            float32 at each damping of the schedule, then in float64 at the largest.
+        diagonal: The damped diagonal (:func:`damped_diagonal`, in ``diagonal_dtype``) -> the
+            factor used when every attempt failed or ``matrix`` holds NaN/inf.
+
+    Returns:
+        The factor (as ``factorize`` or ``diagonal`` returned it), the step, the damping.
+    """
+    schedule = _damping_schedule(percent)
+    if torch.isfinite(matrix).all():
+        for step, damp in enumerate(schedule):
+            factor = factorize(dampen(matrix.float(), damp))
+            if factor is not None:
+                return DampedFactor(factor, HessianFallback.NONE if step == 0 else HessianFallback.DAMPING, damp)
+        factor = factorize(dampen(matrix.double(), schedule[-1]))
+        if factor is not None:
+            return DampedFactor(factor, HessianFallback.FP64, schedule[-1])
+    diag = damped_diagonal(matrix, schedule[-1], diagonal_dtype)
+    return DampedFactor(diagonal(diag), HessianFallback.DIAGONAL, schedule[-1])
 
 
 def inverse_cholesky(hessian: torch.Tensor, percent: float = 0.01) -> InverseFactor:
@@ -118,13 +182,15 @@ def inverse_cholesky(hessian: torch.Tensor, percent: float = 0.01) -> InverseFac
     Returns:
         The factor, the fallback used and the damping applied.
     """
-    schedule = _damping_schedule(percent)
-    if torch.isfinite(hessian).all():
-        for step, damp in enumerate(schedule):
-            upper = _upper_inverse_factor(dampen(hessian.float(), damp))
-            if upper is not None:
-                return InverseFactor(upper, HessianFallback.NONE if step == 0 else HessianFallback.DAMPING, damp)
-        upper = _upper_inverse_factor(dampen(hessian.double(), schedule[-1]))
-        if upper is not None:
-            return InverseFactor(upper.float(), HessianFallback.FP64, schedule[-1])
-    return InverseFactor(_diagonal_factor(hessian, schedule[-1]), HessianFallback.DIAGONAL, schedule[-1])
+    found = damped_factor(hessian, percent, _upper_inverse_factor, lambda diag: torch.diag(diag.rsqrt()).float())
+    return InverseFactor(found.factor.float(), found.fallback, found.damp)
+
+
+def lower_cholesky(gram: torch.Tensor, percent: float) -> DampedFactor:
+    """Lower Cholesky factor ``L`` (``L L^T`` = the damped ``gram``) through the same chain.
+
+    The diagonal fallback is ``sqrt`` of the damped diagonal (computed in ``gram``'s dtype),
+    which makes ``L`` a per-channel scaling. The factor keeps the dtype of the attempt that
+    succeeded (float64 for the ``fp64`` step).
+    """
+    return damped_factor(gram, percent, _lower_factor, lambda diag: torch.diag(diag.sqrt()), gram.dtype)

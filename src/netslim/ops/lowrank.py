@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from netslim.ops.hessian import DAMP_RETRIES, HessianFallback, dampen, dead_inputs
+from netslim.ops.hessian import HessianFallback, lower_cholesky, unit_dead_inputs
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ class Whitening:
 def cholesky_with_fallback(gram: torch.Tensor, damping: float = 1e-6) -> Whitening:
     """Lower Cholesky factor of ``gram + d * mean(diag) * I``, never raising.
 
-    The fallback chain is the one GPTQ and SparseGPT use (:mod:`netslim.ops.hessian`): the
-    requested damping in fp32; then 10x, 100x and 1000x of it; then fp64 at the largest; then
+    The fallback chain is the one GPTQ and SparseGPT use (:func:`netslim.ops.hessian.damped_factor`):
+    the requested damping in fp32; then 10x, 100x and 1000x of it; then fp64 at the largest; then
     (NaN/inf statistics, or every attempt failed) the diagonal ``sqrt(diag(gram))``, which
     turns whitening into a per-channel scaling. Channels that never fire get a unit diagonal.
 
@@ -82,22 +82,8 @@ def cholesky_with_fallback(gram: torch.Tensor, damping: float = 1e-6) -> Whiteni
         gram: Symmetric positive semi-definite matrix, shape (n, n).
         damping: Relative diagonal damping of the first attempt.
     """
-    gram = gram.float().clone()
-    dead = dead_inputs(gram)
-    gram[dead, dead] = 1.0
-    base = damping if damping > 0 else 0.01
-    schedule = [damping] + [base * m for m in DAMP_RETRIES]
-    if torch.isfinite(gram).all():
-        attempts = [(d, torch.float32) for d in schedule] + [(schedule[-1], torch.float64)]
-        for step, (d, dtype) in enumerate(attempts):
-            factor, info = torch.linalg.cholesky_ex(dampen(gram.to(dtype), d))
-            if int(info) == 0 and torch.isfinite(factor).all():
-                fallback = HessianFallback.DAMPING if step else HessianFallback.NONE
-                if dtype == torch.float64:
-                    fallback = HessianFallback.FP64
-                return Whitening(factor, fallback, d)
-    diag = torch.nan_to_num(torch.diagonal(gram), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
-    return Whitening(torch.diag((diag + schedule[-1] * diag.mean() + 1e-8).sqrt()), HessianFallback.DIAGONAL, schedule[-1])
+    found = lower_cholesky(unit_dead_inputs(gram.float())[0], damping)
+    return Whitening(found.factor, found.fallback, found.damp)
 
 
 def truncate(scaled: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -165,6 +151,9 @@ def eigen_factors(error: torch.Tensor, rank: int, gram: torch.Tensor, eps: float
     truncated by SVD, and mapped back with ``diag(1/sqrt(lambda)) Q^T``, so the kept part
     minimizes ``||(E - up @ down) X||_F``. Eigenvalues below ``eps`` times the largest are
     clamped to it.
+
+    No Cholesky fallback chain (:mod:`netslim.ops.hessian`) here: ``eigh`` of a semi-definite
+    matrix does not fail, and clamping the eigenvalues is what keeps the map back finite.
     """
     values, vectors = torch.linalg.eigh(gram.double())
     root = values.clamp_min(eps * float(values.max())).sqrt()

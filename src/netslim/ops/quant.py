@@ -59,10 +59,14 @@ def max_code(bits: int) -> int:
     return (1 << bits) - 1
 
 
+def group_width(in_features: int, group_size: int) -> int:
+    """Columns per group: ``group_size``, or all of them for ``-1`` (or ``>= in_features``)."""
+    return group_size if 0 < group_size < in_features else in_features
+
+
 def group_index(in_features: int, group_size: int) -> torch.Tensor:
     """``g_idx`` (in,) int32 in natural column order: ``i // group_size`` (all 0 for -1)."""
-    columns = torch.arange(in_features, dtype=torch.int32)
-    return torch.zeros_like(columns) if group_size == -1 else columns // group_size
+    return torch.arange(in_features, dtype=torch.int32) // group_width(in_features, group_size)
 
 
 def grid_params(weight: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,9 +116,13 @@ def codes_for(
 
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor) -> torch.Tensor:
-    """``scales[o, g_idx[i]] * (codes[o, i] - zeros[o, g_idx[i]])`` as float32 (out, in)."""
+    """``scales[o, g_idx[i]] * (codes[o, i] - zeros[o, g_idx[i]])`` (out, in), in the scales' dtype.
+
+    The one dequantization formula: :class:`QuantizedWeight` and
+    :class:`netslim.nn.quantized.QuantizedLinear` both call it.
+    """
     index = g_idx.long()
-    return scales[:, index] * (codes.float() - zeros[:, index])
+    return scales[:, index] * (codes.to(scales.dtype) - zeros[:, index])
 
 
 def quantize_rtn(weight: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False) -> QuantizedWeight:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from netslim.ops.hessian import dampen
+from netslim.ops.moments import Moments
+
 
 def gram(x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """``X^T X`` of activations (..., d) in float64, shape (d, d).
@@ -18,11 +21,10 @@ def gram(x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     Products of ``chunk`` tokens are formed in float32 (fast) and summed in float64, so long
     calibration sets do not lose precision in the sum.
     """
-    flat = x.reshape(-1, x.shape[-1])
-    out = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64, device=x.device)
-    for part in flat.float().split(chunk):
-        out += (part.t() @ part).double()
-    return out
+    acc = Moments(x.shape[-1], squares=False, gram=True, dtype=torch.float64, device=x.device,
+                  compute_dtype=torch.float32, chunk=chunk)
+    acc.add(x)
+    return acc.xtx
 
 
 def pca_basis(xtx: torch.Tensor, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,9 +38,9 @@ def pca_basis(xtx: torch.Tensor, damp: float = 0.01) -> tuple[torch.Tensor, torc
     Returns:
         ``(eigenvalues, Q)`` in float64, ``Q`` of shape (d, d) with ``Q^T Q = I``.
     """
-    xtx = xtx.double()
-    xtx = xtx + damp * xtx.diagonal().mean() * torch.eye(xtx.shape[0], dtype=xtx.dtype, device=xtx.device)
-    values, vectors = torch.linalg.eigh(xtx)
+    # An eigendecomposition, not a factorization: eigh does not fail on a semi-definite matrix,
+    # so the Cholesky fallback chain of netslim.ops.hessian does not apply; only its damping.
+    values, vectors = torch.linalg.eigh(dampen(xtx.double(), damp))
     order = torch.argsort(values, descending=True)
     return values[order], vectors[:, order]
 

@@ -15,42 +15,23 @@ from dataclasses import dataclass
 
 import torch
 
+from netslim.ops.moments import Moments
 
-@dataclass
-class ChannelStats:
-    """First and second moments of the inputs of an output projection, per channel (float64)."""
 
-    total: torch.Tensor
-    sq_total: torch.Tensor
-    n_tokens: int = 0
+class ChannelStats(Moments):
+    """First and second moments of the inputs of an output projection, per channel (float64, CPU).
+
+    :attr:`mean`, :attr:`norm` and :attr:`variance` (FLAP's fluctuation) are those of
+    :class:`~netslim.ops.moments.Moments`.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__(channels, mean=True, dtype=torch.float64)
 
     @classmethod
     def zeros(cls, channels: int) -> ChannelStats:
         """Empty accumulators for ``channels`` input channels."""
-        return cls(torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64))
-
-    def add(self, x: torch.Tensor) -> None:
-        """Accumulate activations of shape (..., channels)."""
-        x = x.detach().reshape(-1, x.shape[-1]).to("cpu", torch.float64)
-        self.total += x.sum(0)
-        self.sq_total += x.square().sum(0)
-        self.n_tokens += x.shape[0]
-
-    @property
-    def mean(self) -> torch.Tensor:
-        """Mean of each channel over the calibration tokens."""
-        return self.total / max(self.n_tokens, 1)
-
-    @property
-    def norm(self) -> torch.Tensor:
-        """L2 norm of each channel over the calibration tokens."""
-        return self.sq_total.sqrt()
-
-    @property
-    def variance(self) -> torch.Tensor:
-        """Sample variance of each channel (FLAP's fluctuation of the input)."""
-        n = max(self.n_tokens, 2)
-        return ((self.sq_total - self.total.square() / n) / (n - 1)).clamp_min(0)
+        return cls(channels)
 
 
 def magnitude_scores(w_out: torch.Tensor, w_ins: list[torch.Tensor]) -> torch.Tensor:

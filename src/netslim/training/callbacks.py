@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from netslim.errors import ConfigError
+from netslim.models.spec import stores_transposed
 from netslim.ops.masks import layer_mask, nm_mask, row_mask
 from netslim.training.config import GMPConfig, MovementConfig, NMConfig, RigLConfig, ScheduledConfig, SparsityConfig
 from netslim.training.schedules import cosine_fraction, cubic_sparsity
@@ -44,14 +45,14 @@ _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def _as_matrix(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     """A weight-shaped tensor as (out, in): convs put input channels last, (out, *kernel, in)."""
-    if type(module).__name__ == "Conv1D":  # GPT-2 stores (in, out)
+    if stores_transposed(module):  # GPT-2's Conv1D stores (in, out)
         return tensor.t()
     return tensor.movedim(1, -1).reshape(tensor.shape[0], -1) if tensor.dim() > 2 else tensor
 
 
 def _from_matrix(module: nn.Module, matrix: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`_as_matrix`."""
-    if type(module).__name__ == "Conv1D":
+    if stores_transposed(module):
         return matrix.t()
     if like.dim() == 2:
         return matrix
@@ -66,7 +67,7 @@ def prunable_modules(model: nn.Module, cfg: SparsityConfig) -> dict[str, nn.Modu
     """
     found = {
         name: module for name, module in model.named_modules()
-        if (isinstance(module, _PRUNABLE) or type(module).__name__ == "Conv1D") and cfg.selects(name)
+        if (isinstance(module, _PRUNABLE) or stores_transposed(module)) and cfg.selects(name)
     }
     if not found:
         raise ConfigError(f"targets={list(cfg.targets)} ignore={list(cfg.ignore)} select no Linear or Conv module")

@@ -18,7 +18,6 @@ GPT2 = register_family(
         mlp_in=("mlp.c_fc",),
         mlp_out="mlp.c_proj",
         norm_kind=NormKind.LAYERNORM,
-        gated_mlp=False,
         fused_qkv=True,
         transposed_weights=True,
         num_heads_attr="n_head",

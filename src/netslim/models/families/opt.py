@@ -18,7 +18,6 @@ OPT = register_family(
         mlp_in=("fc1",),
         mlp_out="fc2",
         norm_kind=NormKind.LAYERNORM,
-        gated_mlp=False,
         num_kv_heads_attr=None,
         head_dim_attr=None,
         intermediate_attr="ffn_dim",

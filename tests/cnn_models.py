@@ -1,7 +1,9 @@
-"""Small test networks covering the couplings channel pruning must get right.
+"""Small test networks covering the couplings channel pruning must get right (tests only:
+the installed package ships no test models).
 
 Each builder returns a random model in eval mode (batch norms with random statistics, so
-folding bugs show) and an example input. Used by the tests and the documentation.
+folding bugs show) and an example input. Imported by the tests as ``cnn_models`` (``tests/``
+is on the path, as for ``tiny_models``).
 
     residual        ResNet basic blocks, identity and strided 1x1 shortcuts
     mobile_se       MobileNet-style inverted residuals: depthwise conv + squeeze-excitation

@@ -1,0 +1,92 @@
+"""Running statistics of an activation stream: token count, sums, sums of squares, ``X^T X``.
+
+One accumulator serves every method that reads calibration activations:
+
+- the engine's per-layer input statistics (:mod:`netslim.engine.stats`: Wanda's and OWL's
+  ``||X_j||``, the ``X^T X`` of GPTQ, SparseGPT and SVD-LLM), float32 on the block's device;
+- the per-channel mean and variance of FLAP (:class:`netslim.ops.structured.ChannelStats`),
+  float64 on the CPU;
+- SliceGPT's ``X^T X`` of a whole residual signal (:func:`netslim.ops.rotation.gram`),
+  products of chunks in float32 summed in float64.
+
+Activations of any shape ``(..., width)`` are flattened to tokens. Nothing here sees a model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Moments:
+    """Accumulates the statistics it is asked for over calls of :meth:`add`.
+
+    Args:
+        width: Channels of the stream (its last dimension).
+        mean: Keep the per-channel sum (:attr:`total`), for :attr:`mean` and :attr:`variance`.
+        squares: Keep the per-channel sum of squares (:attr:`sq_sum`).
+        gram: Keep ``X^T X`` (:attr:`xtx`), (width, width).
+        dtype: Dtype of the sums.
+        device: Where the sums live; activations are moved there.
+        compute_dtype: Dtype the activations are cast to before the products (default
+            ``dtype``).
+        chunk: With a ``compute_dtype`` narrower than ``dtype``: ``X^T X`` is formed ``chunk``
+            tokens at a time in ``compute_dtype`` and each product is summed in ``dtype``, so
+            long streams keep the precision of the sum. ``None``: one fused ``addmm_`` per call.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        *,
+        mean: bool = False,
+        squares: bool = True,
+        gram: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        compute_dtype: torch.dtype | None = None,
+        chunk: int | None = None,
+    ):
+        self.n_tokens = 0
+        self.device = torch.device(device)
+        self.compute_dtype = dtype if compute_dtype is None else compute_dtype
+        self.chunk = chunk
+        zeros = {"dtype": dtype, "device": self.device}
+        self.total = torch.zeros(width, **zeros) if mean else None
+        self.sq_sum = torch.zeros(width, **zeros) if squares else None
+        self.xtx = torch.zeros(width, width, **zeros) if gram else None
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add activations of shape (..., width)."""
+        x = x.detach().reshape(-1, x.shape[-1]).to(self.device, self.compute_dtype)
+        self.n_tokens += x.shape[0]
+        if self.total is not None:
+            self.total += x.sum(0)
+        if self.sq_sum is not None:
+            self.sq_sum += x.square().sum(dim=0)
+        if self.xtx is not None:
+            if self.chunk is None:
+                self.xtx.addmm_(x.t(), x)
+            else:
+                for part in x.split(self.chunk):
+                    self.xtx += (part.t() @ part).to(self.xtx.dtype)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Mean of each channel over the tokens seen."""
+        return self.total / max(self.n_tokens, 1)
+
+    @property
+    def sq_mean(self) -> torch.Tensor:
+        """Mean of ``x^2`` per channel."""
+        return self.sq_sum / max(self.n_tokens, 1)
+
+    @property
+    def norm(self) -> torch.Tensor:
+        """L2 norm of each channel over the tokens seen."""
+        return self.sq_sum.sqrt()
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Sample variance of each channel (FLAP's fluctuation of the input)."""
+        n = max(self.n_tokens, 2)
+        return ((self.sq_sum - self.total.square() / n) / (n - 1)).clamp_min(0)

@@ -1,0 +1,48 @@
+"""One statistics accumulator: the engine's input statistics, FLAP's moments, SliceGPT's Gram."""
+
+import torch
+
+from netslim.engine.stats import InputStats, Stat
+from netslim.ops.moments import Moments
+from netslim.ops.rotation import gram
+from netslim.ops.structured import ChannelStats
+
+
+def _batches(width=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 5, width, generator=g) * 3 + 1, torch.randn(7, width, generator=g)]
+
+
+def test_moments_reproduce_the_engine_input_statistics_bit_for_bit():
+    acc, moments = InputStats(12, frozenset({Stat.ACT_NORM, Stat.HESSIAN})), Moments(12, gram=True)
+    for x in _batches():
+        acc.add(x)
+        moments.add(x)
+    stats = acc.view()
+    assert moments.n_tokens == stats.n_tokens == 17
+    assert torch.equal(moments.norm, stats.act_norm) and torch.equal(moments.sq_mean, stats.act_sq_mean)
+    assert torch.equal(moments.xtx * (2.0 / moments.n_tokens), stats.hessian)
+
+
+def test_moments_hold_only_what_was_asked():
+    moments = Moments(4, squares=False)
+    moments.add(torch.ones(3, 4))
+    assert moments.sq_sum is None and moments.total is None and moments.xtx is None and moments.n_tokens == 3
+
+
+def test_channel_stats_mean_norm_and_sample_variance_in_float64():
+    x = torch.cat([b.reshape(-1, 12) for b in _batches()]).double()
+    stats = ChannelStats.zeros(12)
+    for b in _batches():
+        stats.add(b)
+    assert stats.total.dtype == torch.float64 and stats.total.device.type == "cpu"
+    assert torch.allclose(stats.mean, x.mean(0)) and torch.allclose(stats.norm, x.norm(dim=0))
+    assert torch.allclose(stats.variance, x.var(0))
+
+
+def test_chunked_gram_sums_float32_products_in_float64():
+    x = torch.randn(3, 10, 16, generator=torch.Generator().manual_seed(1))
+    flat = x.reshape(-1, 16)
+    expected = sum((p.t() @ p).double() for p in flat.split(7))
+    out = gram(x, chunk=7)
+    assert out.dtype == torch.float64 and torch.equal(out, expected)
