@@ -222,4 +222,5 @@ def evaluate(
         check_seqlen(module.config, seqlen)
         text = resolve_text(data, default_split="test")
         data = evaluation_windows(tokenize(tokenizer, text.text), seqlen, windows, bos_id(module, tokenizer), text.name)
+    check_finite(module)
     return Evaluation(perplexity(module, data, progress=progress), model_size(module))

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -140,6 +141,8 @@ def eval_(
         _fail(f"'{model}' is a pruned vision/encoder model, not a language model; its scores before and "
               f"after are in its report (netslim info {model})")
     result = _run(evaluate, model, data=eval_file, seqlen=seqlen, windows=eval_windows or None)
+    if not math.isfinite(result.ppl):
+        _fail(f"the perplexity of '{model}' is not finite ({result.ppl}): its outputs overflow or are NaN")
     proto = result.perplexity.protocol()
     console.print(
         f"perplexity {result.ppl:.3f} on {proto['dataset']} (seqlen {proto['seqlen']}, "
@@ -151,10 +154,11 @@ def eval_(
 @app.command(epilog="Example:\n\n  netslim info wanda50/")
 def info(folder: Annotated[Path, typer.Argument(help="A folder written by netslim compress.")]) -> None:
     """Show the recipe, protocol and results stored in a netslim output folder."""
-    from netslim.export.load import read_marker, read_report  # noqa: PLC0415
+    from netslim.export.load import read_marker, read_report, weight_files  # noqa: PLC0415
 
     marker = _run(read_marker, folder)
     report = _run(read_report, folder)
+    _run(weight_files, folder, marker)  # a folder whose weights are gone or cut is not shown as fine
     console.print(f"[bold]{folder}[/bold]  format {marker['format']}, netslim {marker['netslim_version']}, source {marker['source']}")
     for stage in marker["recipe"]:
         console.print("  stage: " + json.dumps(stage))
@@ -243,3 +247,25 @@ def _print_channels_summary(report: dict) -> None:
     for metric, value in base["scores"].items():
         table.add_row(metric, f"{value:.4f}", f"{comp['scores'][metric]:.4f}")
     console.print(table)
+
+
+def main() -> None:
+    """The ``netslim`` command: like ``app()``, but a usage mistake (a value that does not
+    parse, an unknown option or command) is one ``error:`` line with exit status 2, as every
+    other mistake."""
+    import sys  # noqa: PLC0415
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's usage errors, as typer ships them
+        if type(exc).__name__ == "NoArgsIsHelpError" or not hasattr(exc, "format_message"):
+            exc.show()
+            sys.exit(getattr(exc, "exit_code", 2))
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see netslim {ctx.info_name} --help)" if ctx is not None and ctx.parent is not None else ""
+        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -7,6 +7,7 @@ and write the model with its recipe and report. The input is only ever read.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -15,11 +16,12 @@ from pathlib import Path
 from netslim.api import CompressionResult, calibration, check_finite, compress, evaluate
 from netslim.data import resolve_text
 from netslim.engine.sequential import check_llm_stages
-from netslim.errors import ConfigError
+from netslim.errors import ConfigError, NetslimError
 from netslim.eval.report import json_safe
 from netslim.export.atomic import check_output, check_writable
 from netslim.export.load import read_marker
 from netslim.export.save import FORMATS, round_for_storage, save
+from netslim.methods.base import FLOAT
 from netslim.methods.preflight import check_recipe, check_seqlen, meta_adapter, model_shape
 from netslim.models.adapter import ModelAdapter
 from netslim.models.loading import NETSLIM_MARKER, cache_dir, load_model, read_model_config
@@ -85,16 +87,19 @@ def compress_job(
     saved = _saved_config(source)
     if saved is not None:  # a local folder: check the recipe on its config, before reading weights
         config, modules = saved
-        _preflight(stages, protocol, config, meta_adapter(config), modules)
+        _preflight(stages, protocol, config, meta_adapter(config), modules, storage_format)
     lm = load_model(source)
     if saved is None:
-        _preflight(stages, protocol, lm.model.config, ModelAdapter.from_model(lm.model), None)
+        _preflight(stages, protocol, lm.model.config, ModelAdapter.from_model(lm.model), None, storage_format)
     if lm.tokenizer is None:
         raise ConfigError(f"model '{source}' has no tokenizer; netslim needs one to read the calibration and "
                           "evaluation text: add the tokenizer files to the folder")
     check_finite(lm.model, f"model '{source}'")
     evaluation = dict(data=protocol.eval, seqlen=protocol.seqlen, windows=protocol.eval_windows, progress=progress)
     baseline = evaluate(lm, **evaluation)
+    if not math.isfinite(baseline.ppl):
+        raise NetslimError(f"model '{source}' has a non-finite perplexity ({baseline.ppl}) on {protocol.eval}: its "
+                           "outputs overflow, so there is nothing to compress")
     windows = None
     if needs_calibration:
         windows = calibration(lm, source=protocol.calib, windows=protocol.calib_windows, seqlen=protocol.seqlen, seed=protocol.seed)
@@ -137,9 +142,18 @@ def _saved_config(source: str):
     return config, modules if isinstance(modules, dict) else None
 
 
-def _preflight(stages, protocol: Protocol, config, adapter: ModelAdapter, modules: dict | None) -> None:
+def _preflight(stages, protocol: Protocol, config, adapter: ModelAdapter, modules: dict | None,
+               storage_format: str) -> None:
     check_seqlen(config, protocol.seqlen)
-    check_recipe(stages, model_shape(adapter, modules))
+    shape = model_shape(adapter, modules)
+    check_recipe(stages, shape)
+    if storage_format == "dense":  # plain transformers holds plain and dequantized layers only
+        odd = ({layer.kind for layer in shape.layers.values()} | shape.module_kinds) - {FLOAT, "quantized"}
+        uneven = [s.method for s in stages if s.method == "width" and (s.compensates or s.allocation == "global")]
+        if odd or uneven:
+            what = ", ".join(sorted(odd)) or "per-block widths or compensation biases"
+            raise ConfigError(f"--format dense (plain transformers) cannot hold what this recipe makes ({what}); "
+                              "use --format auto or packed")
 
 
 def _checkpoint_dir(out: str | os.PathLike | None) -> Path | None:

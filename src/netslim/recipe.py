@@ -27,6 +27,7 @@ from netslim.export.recipe_file import dump_recipe, recipe_data  # noqa: F401  (
 from netslim.methods.base import MethodConfig
 from netslim.methods.registry import build_config
 
+MAX_STAGES = 64  # a longer list is a mistake (a generated file, a loop), not a recipe
 RecipeLike = MethodConfig | Mapping[str, Any] | Sequence[MethodConfig | Mapping[str, Any]]
 
 
@@ -47,8 +48,31 @@ def parse_recipe(recipe: RecipeLike) -> list[MethodConfig]:
         raise ConfigError(f"a recipe is a config, a stage mapping or a list of them, got {type(recipe).__name__}")
     if not stages:
         raise ConfigError("the recipe is empty; give at least one stage, e.g. {method: wanda, ratio: 0.5}")
+    if len(stages) > MAX_STAGES:
+        raise ConfigError(f"the recipe has {len(stages)} stages; netslim runs at most {MAX_STAGES} in one recipe")
     where = (lambda i: f"stage {i + 1}: ") if len(stages) > 1 else (lambda i: "")
     return [build_config(stage, where(i)) for i, stage in enumerate(stages)]
+
+
+class _DuplicateKey(ValueError):
+    """A setting given twice in one stage (YAML and JSON would silently keep the last)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise _DuplicateKey(f"'{twice}' is given twice in one stage; keep one")
+    return dict(pairs)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        _unique_keys([(k, None) for k in keys])
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_recipe(path: str | os.PathLike) -> list[MethodConfig]:
@@ -63,10 +87,10 @@ def load_recipe(path: str | os.PathLike) -> list[MethodConfig]:
         raise DataNotFoundError(f"recipe file '{path}' not found")
     try:
         text = file.read_text(encoding="utf-8")
-        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys) if file.suffix == ".json" else yaml.load(text, _StrictLoader)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"recipe '{path}' is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+    except (json.JSONDecodeError, yaml.YAMLError, _DuplicateKey) as exc:
         raise ConfigError(f"recipe '{path}' does not parse: {str(exc).splitlines()[0]}") from None
     if data is None:
         raise ConfigError(f"recipe '{path}' is empty")

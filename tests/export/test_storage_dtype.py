@@ -97,7 +97,7 @@ def test_explicit_float16_rounds_scales_too_and_round_for_storage_matches(tmp_pa
     assert torch.equal(logits(netslim.load(tmp_path / "out").model), expected)
 
 
-@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.complex64, "float16", 16])
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.complex64, "float8", "int8", 16])
 def test_non_floating_or_nonsense_dtype_is_refused(tmp_path, dtype):
     model = quantize_model(wide_llama(), 4, 128)
     with pytest.raises(ConfigError, match="storage dtype") as error:
@@ -106,3 +106,9 @@ def test_non_floating_or_nonsense_dtype_is_refused(tmp_path, dtype):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="storage dtype"):
         round_for_storage(model, dtype=dtype)
+
+
+def test_a_dtype_may_be_named(tmp_path):
+    model = quantize_model(wide_llama(), 4, 128)
+    netslim.save(CompressionResult(model, None, [], [], None, 0.0, 0), tmp_path / "out", dtype="float16")
+    assert read_marker(tmp_path / "out")["storage"]["value_dtype"] == "float16"

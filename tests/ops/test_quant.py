@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from pydantic import ValidationError
 
+from netslim.errors import ConfigError
 from netslim.methods.rtn import RTNConfig
 from netslim.ops.quant import dequantize, grid_params, group_index, group_params, quantize_rtn
 
@@ -69,5 +69,6 @@ def test_quantized_linear_reads_the_same_convention():
 
 @pytest.mark.parametrize("bad", [{"bits": 1}, {"bits": 9}, {"group_size": 0}, {"group_size": -2}])
 def test_bad_grid_settings_are_config_errors(bad):
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError) as error:
         RTNConfig(**bad)
+    assert "\n" not in str(error.value) and next(iter(bad)) in str(error.value)

@@ -173,3 +173,13 @@ def test_a_folder_without_tokenizer_gets_a_cli_sized_message(tmp_path):
     result = runner.invoke(app, ["eval", str(folder)])
     last = result.stderr.strip().splitlines()[-1]
     assert result.exit_code == 2 and "has none: add its tokenizer files" in last and "pass tokenizer=" not in last
+
+
+@pytest.mark.parametrize("recipe", [[{"method": "svd_llm"}], [{"method": "slicegpt"}],
+                                    [{"method": "width", "score": "flap"}], [{"method": "gptq"}, {"method": "eora"}]])
+def test_format_dense_of_what_plain_transformers_cannot_hold_is_refused_before_loading(tiny_folder, tmp_path, no_loading,
+                                                                                         recipe):
+    folder, text = tiny_folder
+    protocol = Protocol(calib=str(text), eval=str(text), **PROTO)
+    with pytest.raises(ConfigError, match="--format dense .* cannot hold"):
+        compress_job(str(folder), recipe, tmp_path / "o", protocol, progress=False, storage_format="dense")

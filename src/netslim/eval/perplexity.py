@@ -58,4 +58,5 @@ def perplexity(model: nn.Module, windows: TokenWindows, progress: bool = True) -
     finally:
         model.train(was_training)
     mean = total_nll / total_tokens
-    return Perplexity(math.exp(mean), mean, total_tokens, windows)
+    ppl = math.exp(mean) if mean < math.log(1e300) else math.inf  # nan stays nan
+    return Perplexity(ppl, mean, total_tokens, windows)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from netslim.errors import ModelNotFoundError, NetslimError
 from netslim.export.modules import rebuild_modules
-from netslim.export.storage import ArtifactError, checked_file, read_packed
+from netslim.export.storage import PACKED_FILE, ArtifactError, checked_file, read_packed
 from netslim.models.folder import NETSLIM_MARKER, LoadedModel, load_hf_folder, load_tokenizer
 
 SUPPORTED_FORMATS = ("dense", "modules", "packed", "slim_plan")
@@ -73,6 +73,19 @@ def read_report(path: str | os.PathLike) -> dict | None:
     return _json_object(report) if report.is_file() else None
 
 
+def weight_files(folder: Path, info: dict) -> list[Path]:
+    """The weight files of a netslim folder, each checked to be present and complete.
+
+    Raises:
+        ArtifactError: naming the first missing or truncated file.
+    """
+    if info["format"] == "packed":
+        return [checked_file(folder / PACKED_FILE)]
+    # model.safetensors, or the shards save_pretrained splits a large model into
+    files = [checked_file(f) for f in sorted(folder.glob("*.safetensors"))]
+    return files or [checked_file(folder / "model.safetensors")]
+
+
 def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load a folder written by :func:`netslim.save` or by ``netslim compress``, rebuilding compressed modules.
 
@@ -89,12 +102,11 @@ def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedM
     fmt = info["format"]
     if fmt not in SUPPORTED_FORMATS:
         raise NetslimError(f"'{path}' uses storage format '{fmt}', which this netslim cannot read; upgrade netslim")
+    files = weight_files(folder, info)
     if fmt == "packed":
         storage = info["storage"]
         state = read_packed(folder, storage["tensors"], storage.get("aliases", {}))
-    else:  # model.safetensors, or the shards save_pretrained splits a large model into
-        files = [checked_file(f) for f in sorted(folder.glob("*.safetensors"))]
-        files = files or [checked_file(folder / "model.safetensors")]
+    else:
         if fmt == "dense":
             return load_hf_folder(folder, dtype, str(path))
         if fmt == "slim_plan":  # a vision or encoder model of the zoo with channels removed

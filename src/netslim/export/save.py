@@ -109,6 +109,10 @@ def save(
         ConfigError: for an unknown format, codec or dtype, or ``format="dense"`` for a
             model that plain ``transformers`` cannot express.
     """
+    if not isinstance(getattr(result, "model", None), torch.nn.Module):
+        raise ConfigError(f"save takes the result of netslim.compress, got {type(result).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"save takes a folder path, got {type(path).__name__}")
     check_codecs(codecs)
     model = result.model
     modules, packed, dtypes = _layout(model, format, dtype)

@@ -71,6 +71,8 @@ def value_dtypes(model: nn.Module, dtype: torch.dtype | str | None = "auto") -> 
     Raises:
         ConfigError: for any other ``dtype``.
     """
+    if isinstance(dtype, str) and dtype != "auto":  # "float16", "torch.bfloat16", ...
+        dtype = next((d for d in VALUE_DTYPES if dtype.removeprefix("torch.") == str(d).removeprefix("torch.")), dtype)
     if dtype != "auto" and dtype is not None and dtype not in VALUE_DTYPES:
         names = ", ".join(str(d) for d in VALUE_DTYPES)
         raise ConfigError(f"storage dtype {dtype!r} is not one of 'auto', None, {names}")

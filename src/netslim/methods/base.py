@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from netslim.engine.stats import LayerStats, Stat
-from netslim.errors import ConfigError
+from netslim.errors import ConfigError, did_you_mean
 from netslim.models.adapter import ModelAdapter, linear_weight
 
 
@@ -90,6 +90,12 @@ class MethodConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **settings: Any) -> None:
+        try:
+            super().__init__(**settings)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, type(self))) from None
 
     method: str
     version: int = 1
@@ -189,3 +195,22 @@ def layer_view(
 
 __all__ = ["FLOAT", "LayerShape", "LayerStats", "LayerView", "MethodConfig", "ModelShape", "Scope", "Stat", "Sweep",
            "layer_view"]
+
+
+def _explain(exc: ValidationError, config_cls: type[MethodConfig]) -> str:
+    """One line naming each bad setting, the value and what is allowed."""
+    name = config_cls.model_fields["method"].default
+    fields = [f for f in config_cls.model_fields if f != "method"]
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            problems.append(
+                f"unknown setting '{key}' for {name}{did_you_mean(key, fields)} "
+                f"(valid: {', '.join(fields)})"
+            )
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            shown = f"={err['input']!r}" if "input" in err and not isinstance(err["input"], dict) else ""
+            problems.append(f"{name}: {key}{shown}: {message}")
+    return "; ".join(problems)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import ValidationError
 
 from netslim.errors import ConfigError, did_you_mean, refuse_renamed
 from netslim.methods.base import MethodConfig
@@ -92,22 +91,5 @@ def build_config(stage: MethodConfig | Mapping[str, Any], where: str = "") -> Me
     refuse_renamed(stage, config_cls.model_fields, f"{where}{name}: ")
     try:
         return config_cls(**stage)
-    except ValidationError as exc:
-        raise ConfigError(where + _explain(exc, name, config_cls)) from None
-
-
-def _explain(exc: ValidationError, name: str, config_cls: type[MethodConfig]) -> str:
-    fields = [f for f in config_cls.model_fields if f != "method"]
-    problems = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "config"
-        if err["type"] == "extra_forbidden":
-            problems.append(
-                f"unknown setting '{key}' for {name}{did_you_mean(key, fields)} "
-                f"(valid: {', '.join(fields)})"
-            )
-        else:
-            message = err["msg"].removeprefix("Value error, ")
-            shown = f"={err['input']!r}" if "input" in err and not isinstance(err["input"], dict) else ""
-            problems.append(f"{name}: {key}{shown}: {message}")
-    return "; ".join(problems)
+    except ConfigError as exc:  # MethodConfig explains its validation errors in one line
+        raise ConfigError(where + str(exc)) from None

@@ -66,16 +66,40 @@ def load_hf_folder(folder: Path, dtype: torch.dtype, source: str) -> LoadedModel
     check_causal_lm(config, f"'{folder / CONFIG_FILE}'")
     _check_weights(folder)
     tokenizer = load_tokenizer(folder)
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report would print before our one-line error
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype, local_files_only=True, trust_remote_code=False
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, local_files_only=True, trust_remote_code=False, output_loading_info=True
         )
     except (NetslimError, MemoryError):
         raise
     except Exception as exc:  # transformers and safetensors raise many types for broken files
         raise ModelFileError(f"could not load the model in '{folder}' ({_brief(exc)}); {_FIX}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _check_loading_info(folder, model, info)
     model.eval()
     return LoadedModel(model, tokenizer, source)
+
+
+def _check_loading_info(folder: Path, model, info: dict) -> None:
+    """Refuse weights that do not match the config: a tensor missing (it would be random), one
+    left over (the config describes another model), or one of another shape."""
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if isinstance(tied, dict):
+        tied = set(tied)
+    tie = getattr(model.config, "tie_word_embeddings", False)
+    missing = [k for k in info.get("missing_keys", []) if k not in tied and not (tie and k.endswith("lm_head.weight"))]
+    problems = [("missing", missing), ("not in the config", info.get("unexpected_keys", [])),
+                ("of another shape", info.get("mismatched_keys", []))]
+    for what, keys in problems:
+        keys = sorted(keys, key=str)
+        if keys:
+            raise ModelFileError(f"the weights of '{folder}' do not fit its config.json: {len(keys)} tensors "
+                                 f"{what}, e.g. {keys[0]}; {_FIX}")
 
 
 def load_tokenizer(folder: str | os.PathLike):

@@ -94,7 +94,9 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32) ->
         if not (path / CONFIG_FILE).is_file():
             raise ModelNotFoundError(f"folder '{spec}' has no config.json; is it a Hugging Face model folder?")
         return load_hf_folder(path, dtype, spec)
-    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+    local = (path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1
+             or (str(path.parent) != "." and path.parent.is_dir()))
+    if local:  # a path, not a hub id: no network round trip for a typo
         raise ModelNotFoundError(
             f"model '{spec}' not found: not a folder, a .gguf file or an alias ({', '.join(ALIASES)})"
         )

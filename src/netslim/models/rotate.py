@@ -40,7 +40,7 @@ def check_sliceable(adapter: ModelAdapter) -> None:
     found = [name for name, present in problems.items() if present]
     if found:
         raise UnsupportedModelError(
-            f"slicegpt cannot slice the {spec.name} family ({'; '.join(found)}); supported: Llama-style "
+            f"slicegpt cannot slice {adapter.config.model_type} models ({'; '.join(found)}); supported: Llama-style "
             "RMSNorm decoders (llama, mistral, qwen2, qwen3, gemma)"
         )
 
