@@ -216,11 +216,11 @@ def evaluate(
         windows: How many windows from the start of the text; ``None`` for all.
     """
     module, tokenizer, source = _unpack(model, tokenizer)
+    check_finite(module, "the model" if source == "in-memory model" else f"model '{source}'")
     if not isinstance(data, TokenWindows):
         if tokenizer is None:
             raise _no_tokenizer("evaluating on text", source)
         check_seqlen(module.config, seqlen)
         text = resolve_text(data, default_split="test")
         data = evaluation_windows(tokenize(tokenizer, text.text), seqlen, windows, bos_id(module, tokenizer), text.name)
-    check_finite(module)
     return Evaluation(perplexity(module, data, progress=progress), model_size(module))

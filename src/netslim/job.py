@@ -94,9 +94,8 @@ def compress_job(
     if lm.tokenizer is None:
         raise ConfigError(f"model '{source}' has no tokenizer; netslim needs one to read the calibration and "
                           "evaluation text: add the tokenizer files to the folder")
-    check_finite(lm.model, f"model '{source}'")
     evaluation = dict(data=protocol.eval, seqlen=protocol.seqlen, windows=protocol.eval_windows, progress=progress)
-    baseline = evaluate(lm, **evaluation)
+    baseline = evaluate(lm, **evaluation)  # refuses NaN/inf weights before any forward
     if not math.isfinite(baseline.ppl):
         raise NetslimError(f"model '{source}' has a non-finite perplexity ({baseline.ppl}) on {protocol.eval}: its "
                            "outputs overflow, so there is nothing to compress")

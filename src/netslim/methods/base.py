@@ -56,8 +56,8 @@ class ModelShape:
     family: str
     num_blocks: int
     layers: dict[str, LayerShape]
+    adapter: ModelAdapter  # the model (possibly on the meta device) it was read from
     module_kinds: set[str] = field(default_factory=set)
-    adapter: ModelAdapter | None = None  # the model (possibly on the meta device) it was read from
 
     def touched(self, cfg: MethodConfig) -> list[str]:
         """Projections a stage acts on: every layer its ``ignore`` patterns leave."""

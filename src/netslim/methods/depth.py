@@ -76,8 +76,8 @@ class DepthConfig(MethodConfig):
         """The block count must leave at least one block; later stages see fewer blocks."""
         removed = self.count(shape.num_blocks)
         shape.num_blocks -= removed
-        keep = {f".{i}." for i in range(shape.num_blocks)}  # blocks are renumbered after removal
-        shape.layers = {n: s for n, s in shape.layers.items() if any(k in n for k in keep)}
+        kept = tuple(f"{shape.adapter.block_name(i)}." for i in range(shape.num_blocks))  # renumbered after removal
+        shape.layers = {n: s for n, s in shape.layers.items() if n.startswith(kept)}
 
     def count(self, num_blocks: int) -> int:
         """Blocks to remove from a model of ``num_blocks`` blocks."""

@@ -53,7 +53,7 @@ def model_shape(adapter: ModelAdapter, saved_modules: dict[str, dict] | None = N
             layers[name] = LayerShape(FLOAT if kind == "linear" else kind, spec.get("in_features", in_features),
                                       spec.get("out_features", out_features))
     kinds = {_kind(m) for m in adapter.model.modules()} | {s.get("kind") for s in saved_modules.values()}
-    return ModelShape(adapter.spec.name, adapter.num_blocks, layers, {k for k in kinds if k and k != FLOAT}, adapter)
+    return ModelShape(adapter.spec.name, adapter.num_blocks, layers, adapter, {k for k in kinds if k and k != FLOAT})
 
 
 def check_recipe(stages: Sequence[MethodConfig], shape: ModelShape) -> None:

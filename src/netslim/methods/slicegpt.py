@@ -64,8 +64,7 @@ class SliceGPTConfig(MethodConfig):
 
     def preflight(self, shape: ModelShape) -> None:
         """A family that can be rotated, sliced once; afterwards widths are not known in advance."""
-        if shape.adapter is not None:
-            rotate.check_sliceable(shape.adapter)
+        rotate.check_sliceable(shape.adapter)
         if "sliced_decoder_layer" in shape.module_kinds:
             raise ConfigError("slicegpt: the model is already sliced; use one slicegpt stage with a larger ratio")
         super().preflight(shape)
