@@ -22,7 +22,7 @@ def test_job_writes_a_complete_report(tiny_folder, tmp_path):
     out = tmp_path / "out"
     result = compress_job(str(folder), [{"method": "wanda", "ratio": 0.5}], out, _protocol(text), progress=False)
     report = json.loads((out / "report.json").read_text())
-    assert report == json.loads(json.dumps(result.report))
+    assert report == json.loads(json.dumps(result.report.as_dict()))
     assert set(report) >= {"model", "recipe", "protocol", "baseline", "compressed", "compress_seconds", "peak_rss_bytes", "layers"}
     proto = report["protocol"]
     assert (proto["seqlen"], proto["windows"], proto["tokens"]) == (32, 3, 96)

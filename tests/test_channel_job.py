@@ -1,4 +1,4 @@
-"""``netslim compress`` on a vision/encoder model: the channels job, its report, its folder, the CLI."""
+"""``netslim compress`` on a vision/encoder model: the one job, its typed report, its folder, the CLI."""
 
 import json
 
@@ -9,7 +9,6 @@ from cnn_models import build
 from typer.testing import CliRunner
 
 import netslim
-from netslim.channel_job import channel_job
 from netslim.cli import app
 from netslim.errors import ConfigError
 from netslim.eval.vision import agreement
@@ -46,7 +45,7 @@ def tiny_task(monkeypatch):
 
 def test_job_report_and_reload(tiny_task, tmp_path):
     out = tmp_path / "slim"
-    result = channel_job(tiny_task, {"method": "channels", "ratio": 0.4, "measure": "macs", "importance": "taylor"}, out)
+    result = compress_job(tiny_task, {"method": "channels", "ratio": 0.4, "measure": "macs", "importance": "taylor"}, out)
     report = json.loads((out / "report.json").read_text())
     base, comp = report["baseline"], report["compressed"]
     assert report["kind"] == "channels" and report["model"] == NAME
@@ -54,11 +53,12 @@ def test_job_report_and_reload(tiny_task, tmp_path):
     assert base["scores"] == {"top1": 1.0, "top5": 1.0}  # the dense model agrees with itself
     assert comp["latency_ms"] > 0 and report["speedup"] == pytest.approx(base["latency_ms"] / comp["latency_ms"])
     assert report["recipe"][0]["round_to"] == 2  # the task's default, stated in the report
-    assert all(g["kept"] % 2 == 0 or g["kept"] == g["units"] for g in report["groups"])
+    assert all(g["kept"] % 2 == 0 or g["kept"] == g["units"] for g in report["layers"])
     assert comp["size_bytes"] == (out / "model.safetensors").stat().st_size
     for name in ("slim_plan.json", "netslim.json", "recipe.yaml", "report.md"):
         assert (out / name).is_file(), name
     assert "| pruned |" in (out / "report.md").read_text()
+    assert result.report.as_dict() == report  # report.json is the typed report
 
     loaded = netslim.load(out)
     x = torch.randn(4, 3, 16, 16)
@@ -69,7 +69,7 @@ def test_job_report_and_reload(tiny_task, tmp_path):
 
 def test_recipe_rejects_llm_methods_and_vice_versa(tiny_task, tmp_path):
     with pytest.raises(ConfigError, match="'wanda' needs a causal LM; tiny-mobile takes method channels"):
-        channel_job(tiny_task, {"method": "wanda", "ratio": 0.5}, tmp_path / "o")
+        compress_job(tiny_task, {"method": "wanda", "ratio": 0.5}, tmp_path / "o")
     # An LLM recipe with a channels stage fails before the model is loaded (this path does not exist).
     with pytest.raises(ConfigError, match="'channels' prunes vision and encoder models"):
         compress_job(str(tmp_path / "no-model"), {"method": "channels", "ratio": 0.3, "measure": "macs"}, tmp_path / "o")
@@ -78,7 +78,7 @@ def test_recipe_rejects_llm_methods_and_vice_versa(tiny_task, tmp_path):
 
 def test_unreachable_target_is_one_line(tiny_task, tmp_path):
     with pytest.raises(ConfigError, match="cannot be reached"):
-        channel_job(tiny_task, {"method": "channels", "ratio": 0.99, "measure": "macs", "max_group_ratio": 0.2}, None)
+        compress_job(tiny_task, {"method": "channels", "ratio": 0.99, "measure": "macs", "max_group_ratio": 0.2}, None)
 
 
 def test_cli_compress_and_info(tiny_task, tmp_path):

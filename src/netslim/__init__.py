@@ -13,11 +13,12 @@ __version__ = "0.1.0"
 # Names are imported on first use (PEP 562), so `import netslim` and `netslim --help` stay fast:
 # the LLM engine pulls in transformers, which takes seconds to import.
 _EXPORTS = {
-    "netslim.api": ("CompressionResult", "Evaluation", "calibration", "compress", "evaluate"),
-    "netslim.channel_job": ("channel_job",),
+    "netslim.api": ("CompressionResult", "Evaluation", "calibration", "compress", "evaluate", "export_gguf"),
+    "netslim.job": ("Protocol", "compress_job"),
     "netslim.errors": ("NetslimError",),
     "netslim.eval.similarity": ("evaluate_similarity",),
-    "netslim.export": ("load", "save"),
+    "netslim.export.load": ("load",),
+    "netslim.export.save": ("save",),
     "netslim.graph.api": ("ChannelPruneConfig", "ChannelPruneResult", "prune_channels"),
     "netslim.methods": ("ASVDConfig", "ChannelsConfig", "DepthConfig", "EoRAConfig", "GPTQConfig", "MagnitudeConfig",
                         "RTNConfig", "SVDConfig", "SVDLLMConfig", "SliceGPTConfig", "SparseGPTConfig", "WandaConfig",

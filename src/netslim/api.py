@@ -20,10 +20,13 @@ from torch import nn
 
 from netslim.data.sources import resolve_text
 from netslim.data.windows import TokenWindows, calibration_windows, evaluation_windows, tokenize
+from netslim.engine.records import LayerRecord
 from netslim.engine.sequential import run_stages
 from netslim.errors import ConfigError, NetslimError
 from netslim.eval.perplexity import Perplexity, perplexity
+from netslim.eval.report import Report
 from netslim.eval.size import ModelSize, model_size
+from netslim.graph.plan import SlimPlan
 from netslim.methods.base import MethodConfig
 from netslim.methods.preflight import check_recipe, check_seqlen, model_shape
 from netslim.models.adapter import ModelAdapter
@@ -41,23 +44,27 @@ class CompressionResult:
         recipe: The stages that were applied, resolved: model-wide choices their planning made
             (per-block sparsities, ranks, removal counts, removed blocks) spelled out, so
             that replaying them on the original model gives the same weights.
-        layers: One record per compressed layer: name, shape, sparsity, methods, extras.
+        layers: One :class:`~netslim.engine.records.LayerRecord` per compressed module: what
+            each stage decided for it (also readable like a dict: ``record["bits"]``).
         calibration: Provenance of the calibration windows, or ``None`` when data-free.
         seconds: Wall time of the compression (a resumed run counts its earlier runs' restored blocks too).
         peak_rss_bytes: Peak resident memory of the process so far.
         source: Where the model came from.
-        report: The full report, when a job evaluated before and after.
+        report: The typed report, when a job evaluated before and after.
+        plan: The channel cuts of a graph-pruned vision or encoder model (replayable on the
+            zoo model; ``None`` for causal LMs).
     """
 
     model: nn.Module
     tokenizer: Any
     recipe: list[MethodConfig]
-    layers: list[dict]
+    layers: list[LayerRecord]
     calibration: dict | None
     seconds: float
     peak_rss_bytes: int
     source: str = "in-memory model"
-    report: dict | None = field(default=None)
+    report: Report | None = field(default=None)
+    plan: SlimPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -224,3 +231,38 @@ def evaluate(
         text = resolve_text(data, default_split="test")
         data = evaluation_windows(tokenize(tokenizer, text.text), seqlen, windows, bos_id(module, tokenizer), text.name)
     return Evaluation(perplexity(module, data, progress=progress), model_size(module))
+
+
+def export_gguf(
+    model: nn.Module | LoadedModel | CompressionResult | str | os.PathLike,
+    out: str | os.PathLike,
+    type: str = "auto",  # noqa: A002  (the user-facing name, as --type)
+    overwrite: bool = False,
+    embeddings: str | None = None,
+    head: str | None = None,
+    importance: dict | None = None,
+) -> dict:
+    """Write ``model`` as one GGUF file for llama.cpp; return a summary (see :mod:`netslim.export.gguf`).
+
+    Example:
+        >>> result = netslim.compress(lm, netslim.GPTQConfig(bits=4, group_size=128, sym=True))
+        >>> netslim.export_gguf(result, "q4.gguf")["tensors"][0]["type"]
+
+    Args:
+        model: A compression result, a loaded model, a causal LM, or a source string (a
+            netslim output folder, a folder, a ``.gguf`` file, an alias, a hub id).
+        out: The ``.gguf`` file to write (atomically).
+        type: Float weights as ``f32``, ``f16``, ``bf16``, ``auto`` (f16) or a block type
+            quantized by netslim's search: ``q8_0``, ``q6_k``, ``q5_k``, ``q5_1``, ``q5_0``,
+            ``q4_k``, ``q4_1``, ``q4_0``, ``q3_k``; quantized layers are written in their exact
+            GGUF block type where one exists.
+        overwrite: Replace ``out`` if netslim exported it.
+        embeddings: The token embedding's type (default: ``type``).
+        head: The untied output head's type (default: ``type``).
+        importance: ``{module name: (in_features,) tensor}`` weighting each layer's squared
+            error per input channel (e.g. calibration mean ``x^2``).
+    """
+    from netslim.export.gguf import export_gguf as _export  # noqa: PLC0415  (imports gguf on use)
+
+    return _export(model, out, type=type, overwrite=overwrite, embeddings=embeddings, head=head,
+                   importance=importance)

@@ -4,6 +4,7 @@
     netslim compress smollm2-135m --method wanda --ratio 0.5 --out pruned/
     netslim eval pruned/
     netslim info pruned/
+    netslim export pruned/ --to gguf --out pruned.gguf
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+console = Console(soft_wrap=True)  # long paths stay on one line (no wrapping at 80 columns)
 
 Seqlen = Annotated[int, typer.Option(help="Tokens per window (calibration and evaluation).")]
 EvalFile = Annotated[str, typer.Option("--eval", help="Evaluation text: a UTF-8 .txt file, wikitext2[:test] "
@@ -91,7 +92,6 @@ def compress(
     latency before and after.
     """
     from netslim.job import Protocol, compress_job  # noqa: PLC0415  (keeps --help fast)
-    from netslim.models.tasks import is_task_model  # noqa: PLC0415
     from netslim.recipe import load_recipe  # noqa: PLC0415
 
     if sparsity is not None:
@@ -112,13 +112,6 @@ def compress(
         stage = {"method": method, **extra}
         stage.update({k: v for k, v in (("ratio", ratio), ("pattern", pattern)) if v is not None})
         stages = [stage]
-    if is_task_model(model):
-        from netslim.channel_job import channel_job  # noqa: PLC0415
-
-        result = _run(channel_job, model, stages, out, overwrite)
-        _print_summary(result.report)
-        console.print(f"wrote {out}")
-        return
     protocol = _run(Protocol, seqlen, calib, calib_windows, eval_file, eval_windows or None, seed)
     result = _run(compress_job, model, stages, out, protocol, overwrite, storage_format=storage, resumable=True)
     _print_summary(result.report)
@@ -164,10 +157,65 @@ def info(folder: Annotated[Path, typer.Argument(help="A folder written by netsli
         console.print("  stage: " + json.dumps(stage))
     _print_storage(folder, marker.get("storage", {}).get("summary"))
     if report is not None:
+        from netslim.eval.report import Report  # noqa: PLC0415
+
         try:
-            _print_summary(report)
+            _print_summary(Report.from_dict(report))
         except (KeyError, TypeError, ValueError, AttributeError):
             _fail(f"'{folder / 'report.json'}' lacks the results netslim info shows; the folder is damaged")
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  netslim export q4/ --to gguf --out q4.gguf\n\n"
+    "  netslim export wanda50/ --to gguf --type q8_0 --out wanda50-q8.gguf\n\n"
+    "  netslim export wanda50/ --to gguf --type q4_k --embeddings q8_0 --head q6_k --out wanda50-q4k.gguf\n\n"
+    "  netslim export smollm2-135m --to gguf --type f16 --out smollm2-f16.gguf"
+)
+def export(
+    source: Annotated[str, typer.Argument(help="A netslim output folder, or any model netslim loads: folder, "
+                                          ".gguf file, alias (smollm2-135m), hub id.")],
+    out: Annotated[Path, typer.Option(help="Output file, e.g. model.gguf (must not exist unless --overwrite).")],
+    to: Annotated[str, typer.Option(help="Output format: gguf (llama.cpp and other GGUF runtimes).")],
+    type_: Annotated[str, typer.Option("--type", help="How float (dense or pruned) weights are stored: f32, f16, "
+                                       "bf16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k or auto (f16). "
+                                       "Quantized layers keep their codes in the GGUF block type of their grid "
+                                       "(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) where one exists. Rows that K-quants' "
+                                       "256-weight blocks do not divide fall back (q4_k -> Q5_0, q6_k -> Q8_0, ...)."
+                                       )] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists and netslim exported it.")] = False,
+    embeddings: Annotated[Optional[str], typer.Option(help="Type of the token embedding (token_embd); "
+                                                      "default: --type.")] = None,
+    head: Annotated[Optional[str], typer.Option(help="Type of the output head, unless it is tied to the "
+                                                "embedding; default: --type.")] = None,
+) -> None:
+    """Write SOURCE as one GGUF file, quantized layers exactly where GGUF has their grid."""
+    if to != "gguf":
+        _fail(f"--to '{to}': the export format is gguf")
+    from netslim.export.gguf import export_gguf  # noqa: PLC0415
+
+    summary = _run(export_gguf, source, out, type=type_, overwrite=overwrite, embeddings=embeddings, head=head)
+    types: dict[str, int] = {}
+    for record in summary["tensors"]:
+        types[record["type"]] = types.get(record["type"], 0) + 1
+    console.print(f"wrote {out}: {summary['architecture']}, {summary['block_count']} blocks, "
+                  f"{summary['bytes'] / 1e6:.2f} MB; tensors " + ", ".join(f"{n} {t}" for t, n in sorted(types.items())))
+    fallbacks: dict[tuple[str, str], list[str]] = {}
+    for record in summary["tensors"]:
+        if record.get("bits") is not None and record["fallback_reason"]:
+            fallbacks.setdefault((record["type"], record["fallback_reason"]), []).append(record["source"])
+    for (qtype, reason), names in fallbacks.items():
+        console.print(f"  {len(names)} quantized layers dequantized to {qtype} (e.g. {names[0]}): {reason}")
+    row_fallbacks: dict[str, list[str]] = {}
+    for record in summary["tensors"]:
+        if record.get("bits") is None and record["fallback_reason"]:
+            row_fallbacks.setdefault(record["fallback_reason"], []).append(record["name"])
+    for reason, names in row_fallbacks.items():
+        console.print(f"  {len(names)} tensors in a fallback type (e.g. {names[0]}): {reason}")
+    tokenizer = summary["tokenizer"]
+    console.print(f"  tokenizer: {tokenizer['source'] or 'none'}" + (f" ({tokenizer['note']})" if tokenizer.get("note") else ""))
+    for note in summary["notes"]:
+        console.print(f"  note: {note}")
 
 
 @app.command(epilog="Example:\n\n  netslim demo")
@@ -215,8 +263,10 @@ def _print_storage(folder: Path, summary: dict | None) -> None:
         console.print(f"  {codec:>8}: {entry['tensors']:4d} tensors, {entry['bytes'] / 1e6:8.2f} MB")
 
 
-def _print_summary(report: dict) -> None:
-    if report.get("kind") == "channels":
+def _print_summary(typed) -> None:
+    """The before/after table of a :class:`netslim.eval.report.Report`."""
+    report = typed.as_dict()
+    if typed.kind == "channels":
         _print_channels_summary(report)
         return
     proto = report["protocol"]

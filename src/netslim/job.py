@@ -1,31 +1,47 @@
-"""The end-to-end job behind ``netslim compress`` and ``netslim demo``.
+"""The end-to-end job behind ``netslim compress`` and ``netslim demo``, for every kind of model.
 
-Load the model, measure the dense baseline, compress, measure again under the same protocol,
-and write the model with its recipe and report. The input is only ever read.
+Check everything that can be checked before work, load the model, measure the dense baseline,
+compress, measure again under the same protocol, and write the model with its recipe and its
+:class:`~netslim.eval.report.Report` through :func:`netslim.save`. Causal LMs go through the
+calibration engine and are measured by perplexity; vision and encoder models of the zoo
+(:mod:`netslim.models.tasks`) are pruned through their dependency graph (``channels`` stages)
+and measured by their task scores, MACs and CPU latency (dense and pruned timed alternately).
+The input is only ever read.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from netslim.api import CompressionResult, calibration, check_finite, compress, evaluate
+import torch
+
+from netslim.api import CompressionResult, calibration, check_finite, compress, evaluate, peak_rss_bytes
 from netslim.data import resolve_text
 from netslim.engine.sequential import check_llm_stages
 from netslim.errors import ConfigError, NetslimError
-from netslim.eval.report import json_safe
+from netslim.eval.flops import count_macs
+from netslim.eval.latency import interleaved_ms
+from netslim.eval.report import Measurement, Report
+from netslim.eval.size import count_params
 from netslim.export.atomic import check_output, check_writable
 from netslim.export.load import read_marker
 from netslim.export.save import FORMATS, round_for_storage, save
-from netslim.methods.base import FLOAT
+from netslim.graph.plan import SlimPlan
+from netslim.methods.base import FLOAT, MethodConfig, Scope
 from netslim.methods.preflight import check_recipe, check_seqlen, meta_adapter, model_shape
 from netslim.models.adapter import ModelAdapter
 from netslim.models.loading import NETSLIM_MARKER, cache_dir, load_model, read_model_config
+from netslim.models.tasks import ModelTask, is_task_model, load_task
 from netslim.recipe import RecipeLike, parse_recipe, recipe_data
+
+LATENCY_RUNS, LATENCY_WARMUP = 10, 3
 
 
 @dataclass(frozen=True)
@@ -60,27 +76,64 @@ def compress_job(
     overwrite: bool = False,
     progress: bool = True,
     storage_format: str = "auto",
+    threads: int | None = None,
 ) -> CompressionResult:
-    """Run the whole job; ``out=None`` skips writing. Returns the result with its report.
+    """Run the whole job on any model; ``out=None`` skips writing. Returns the result with its report.
 
     Everything that can be checked before the model's weights are read is checked first (the
     recipe against the model's config, the output folder, the texts, the window length), and
     the rest before the baseline is measured, so a mistake costs seconds, not minutes.
 
-    ``storage_format`` is passed to :func:`netslim.save` as ``format`` (``"auto"``,
-    ``"dense"`` or ``"packed"``).
+    Args:
+        protocol: How a causal LM is calibrated and evaluated (vision and encoder models are
+            scored by their zoo task).
+        storage_format: ``format`` of :func:`netslim.save` (``"auto"``, ``"dense"`` or
+            ``"packed"``); a graph-pruned model is stored dense.
+        threads: CPU threads for the latency of a graph-pruned model (``None`` keeps torch's).
 
     Raises:
         NetslimError: one line saying what to change, before any expensive work.
     """
     stages = parse_recipe(recipe)
-    check_llm_stages(stages)
+    graph = is_task_model(source)
+    check_stage_kinds(source, stages, graph)
     if storage_format not in FORMATS:
         raise ConfigError(f"storage format '{storage_format}': use one of {', '.join(FORMATS)}")
-    needs_calibration = any(stage.needs_calibration for stage in stages)
+    if graph and storage_format == "packed":
+        raise ConfigError(f"{source} is stored as a dense pruned model; use --format auto or dense")
     if out is not None:
-        check_output(out, overwrite, inputs=[source, protocol.calib, protocol.eval])
+        check_output(out, overwrite, inputs=[source] if graph else [source, protocol.calib, protocol.eval])
         check_writable(cache_dir(), "the netslim cache ($NETSLIM_CACHE)")
+    if graph:
+        result = _graph_run(load_task(source), stages, threads)
+    else:
+        result = _language_run(source, stages, protocol, progress, storage_format, out)
+    if out is not None:
+        save(result, out, overwrite=overwrite, format=storage_format)
+        if not graph:
+            shutil.rmtree(_checkpoint_dir(out), ignore_errors=True)
+    return result
+
+
+def check_stage_kinds(source: str, stages: list[MethodConfig], graph: bool) -> None:
+    """Refuse stages made for the other kind of model, naming what the model takes.
+
+    Raises:
+        ConfigError: a causal-LM stage for a vision or encoder model, or the reverse.
+    """
+    if not graph:
+        check_llm_stages(stages)
+        return
+    for cfg in stages:
+        if cfg.scope is not Scope.GRAPH:
+            raise ConfigError(f"method '{cfg.method}' needs a causal LM; {source} takes method channels "
+                              "(e.g. --method channels --ratio 0.3 --set measure=macs)")
+
+
+def _language_run(source: str, stages: list[MethodConfig], protocol: Protocol, progress: bool,
+                  storage_format: str, out) -> CompressionResult:
+    """Load, measure, calibrate, compress and measure a causal LM."""
+    needs_calibration = any(stage.needs_calibration for stage in stages)
     resolve_text(protocol.eval)  # a missing or unreadable text fails here, before any work
     if needs_calibration:
         resolve_text(protocol.calib)
@@ -102,26 +155,62 @@ def compress_job(
     windows = None
     if needs_calibration:
         windows = calibration(lm, source=protocol.calib, windows=protocol.calib_windows, seqlen=protocol.seqlen, seed=protocol.seed)
-    checkpoints = _checkpoint_dir(out)
+    checkpoints = _checkpoint_dir(out) if out is not None else None
     result = compress(lm, stages, windows, progress=progress, checkpoint_dir=checkpoints)
     check_finite(lm.model, "the compressed model")
     if out is not None:  # measure exactly the values the folder will hold (fp16 beside quantized layers)
         round_for_storage(result.model, format=storage_format)
     after = evaluate(lm, **evaluation)
-    result.report = json_safe({
-        "model": source,
-        "recipe": recipe_data(result.recipe),  # resolved: per-block and per-layer choices spelled out
-        "protocol": {**baseline.perplexity.protocol(), "calibration": result.calibration, "settings": asdict(protocol)},
-        "baseline": baseline.as_dict(),
-        "compressed": after.as_dict(),
-        "compress_seconds": result.seconds,
-        "peak_rss_bytes": result.peak_rss_bytes,
-        "layers": result.layers,
-    })
-    if out is not None:
-        save(result, out, overwrite=overwrite, format=storage_format)
-        shutil.rmtree(checkpoints, ignore_errors=True)
+    result.report = Report(
+        kind="causal_lm",
+        model=source,
+        recipe=recipe_data(result.recipe),  # resolved: per-block and per-layer choices spelled out
+        protocol={**baseline.perplexity.protocol(), "calibration": result.calibration, "settings": asdict(protocol)},
+        baseline=Measurement(ppl=baseline.ppl, **baseline.size.as_dict()),
+        compressed=Measurement(ppl=after.ppl, **after.size.as_dict()),
+        compress_seconds=result.seconds,
+        peak_rss_bytes=result.peak_rss_bytes,
+        layers=[record.as_dict() for record in result.layers],
+    )
     return result
+
+
+def _graph_run(task: ModelTask, stages: list[MethodConfig], threads: int | None) -> CompressionResult:
+    """Score, prune (``channels`` stages through the dependency graph), score and time a zoo model."""
+    stages = [cfg.for_task(task) for cfg in stages]  # the report states the settings in effect
+    dense = copy.deepcopy(task.model)
+    baseline = _task_measurement(task, dense)
+    plan, groups = SlimPlan(), []
+    start = time.perf_counter()
+    for cfg in stages:
+        pruned = cfg.handler().act_graph(task, cfg)
+        plan.cuts.extend(pruned.plan.cuts)
+        groups = pruned.groups
+    seconds = time.perf_counter() - start
+    task.model.eval()
+    compressed = _task_measurement(task, task.model)
+    ms = interleaved_ms({"dense": dense, "pruned": task.model}, task.forward, LATENCY_RUNS, LATENCY_WARMUP, threads)
+    baseline.latency_ms, compressed.latency_ms = ms["dense"], ms["pruned"]
+    used = torch.get_num_threads() if threads is None else threads
+    report = Report(
+        kind="channels",
+        model=task.name,
+        recipe=recipe_data(stages),
+        protocol={**task.protocol, "latency_runs": f"median of {LATENCY_RUNS} after {LATENCY_WARMUP} warm-up, "
+                  f"dense and pruned alternating, fp32, CPU threads: {used}"},
+        baseline=baseline,
+        compressed=compressed,
+        compress_seconds=seconds,
+        peak_rss_bytes=peak_rss_bytes(),
+        layers=groups,
+    )
+    return CompressionResult(model=task.model, tokenizer=task.tokenizer, recipe=stages, layers=[], calibration=None,
+                             seconds=seconds, peak_rss_bytes=report.peak_rss_bytes, source=task.name, report=report,
+                             plan=plan)
+
+
+def _task_measurement(task: ModelTask, model) -> Measurement:
+    return Measurement(params=count_params(model), macs=count_macs(model, task.example_inputs), scores=task.score(model))
 
 
 def _saved_config(source: str):

@@ -46,7 +46,7 @@ def test_saved_recipe_replays_to_identical_weights(case, tmp_path, token_windows
 
 def test_replay_needs_no_planning_sweep(token_windows, monkeypatch):
     """Resolved stages do not re-plan: OWL's sweep and depth's scoring are not run again."""
-    from netslim.methods import depth as depth_module
+    from netslim.engine import sequential
 
     model = tiny_model("llama")
     resolved = netslim.compress(model, [{"method": "magnitude", "allocation": "owl"}, {"method": "depth", "ratio": 0.5}],
@@ -55,6 +55,6 @@ def test_replay_needs_no_planning_sweep(token_windows, monkeypatch):
     def no_scoring(*_a, **_k):
         raise AssertionError("replay scored the blocks again")
 
-    monkeypatch.setattr(depth_module, "block_states", no_scoring)
+    monkeypatch.setattr(sequential, "iter_block_stats", no_scoring)
     replayed = netslim.compress(tiny_model("llama"), resolved, None, progress=False)  # no calibration data needed
     assert replayed.recipe == resolved

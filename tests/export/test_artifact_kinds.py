@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import netslim
 from netslim.errors import ConfigError, NetslimError
-from netslim.export import round_for_storage
+from netslim.export.save import round_for_storage
 from netslim.export.load import read_marker
 from netslim.export.modules import KIND_MODULES, register_module_kind
 from tiny_models import tiny_model

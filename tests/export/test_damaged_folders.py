@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import netslim
 from netslim.api import CompressionResult
+from netslim.eval.report import Report
 from netslim.cli import app
 from netslim.export.load import read_marker
 from netslim.export.storage import PACKED_FILE, ArtifactError, read_packed
@@ -31,7 +32,7 @@ def saved(tmp_path_factory) -> dict[str, Path]:
         "peak_rss_bytes": 0, "layers": [],
     }
     for fmt, model in (("packed", quantize_model(wide_llama(), 4, 128)), ("dense", wide_llama())):
-        result = CompressionResult(model, None, [], [], None, 0.0, 0, report=json.loads(json.dumps(report)))
+        result = CompressionResult(model, None, [], [], None, 0.0, 0, report=Report.from_dict(report))
         netslim.save(result, root / fmt, format=fmt)
     return {"packed": root / "packed", "dense": root / "dense"}
 

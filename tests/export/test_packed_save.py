@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import netslim
 from netslim.api import CompressionResult
+from netslim.eval.report import Report
 from netslim.errors import ConfigError
 from netslim.export.load import read_marker
 from netslim.export.storage import PACKED_FILE
@@ -21,7 +22,7 @@ from netslim.eval.size import folder_weight_bytes
 from storage_helpers import logits, quantize_model, wide_llama
 
 
-def _result(model: torch.nn.Module, report: dict | None = None) -> CompressionResult:
+def _result(model: torch.nn.Module, report: Report | None = None) -> CompressionResult:
     return CompressionResult(model, None, [], [], None, 0.0, 0, report=report)
 
 
@@ -184,7 +185,7 @@ def test_report_size_is_the_real_on_disk_size(tmp_path):
                      "bos_per_window": False, "calibration": None},
         "compress_seconds": 0.0, "peak_rss_bytes": 0, "layers": [],
     }
-    netslim.save(_result(model, report), tmp_path / "out", format="packed")
+    netslim.save(_result(model, Report.from_dict(report)), tmp_path / "out", format="packed")
     written = json.loads((tmp_path / "out" / "report.json").read_text())
     assert written["compressed"]["size_bytes"] == folder_weight_bytes(tmp_path / "out")
     assert written["storage"]["by_codec"]["bitmask"]["tensors"] == 14

@@ -11,7 +11,7 @@ import netslim
 from netslim.api import CompressionResult
 from netslim.errors import ConfigError
 from netslim.eval.size import folder_weight_bytes, unique_parameters
-from netslim.export import round_for_storage
+from netslim.export.save import round_for_storage
 from netslim.export.load import read_marker
 from netslim.export.storage import value_dtypes
 from storage_helpers import logits, quantize_model, wide_llama

@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 import netslim
 from tiny_models import tiny_model
 from netslim.errors import ConfigError
-from netslim.methods.depth import block_states, skip_perplexity
+from netslim.engine.stats import Stat
+from netslim.engine.sweep import iter_block_stats
 from netslim.export.load import read_marker
 from netslim.models.adapter import ModelAdapter
 
@@ -46,8 +47,8 @@ def test_skip_perplexity_of_an_identity_block_is_the_dense_perplexity(token_wind
     model = _three_blocks_with_identity("llama", identity=1)
     adapter = ModelAdapter.from_model(model)
     ids = token_windows.ids[:4]
-    states, calls = block_states(adapter, ids)
-    scores = skip_perplexity(adapter, states, calls, ids)
+    swept = iter_block_stats(adapter, token_windows, frozenset({Stat.SKIP_LOSS}), windows=4)
+    scores = torch.tensor([math.exp(block.skip_loss) for _, block in swept])
     with torch.no_grad():
         dense = math.exp(float(model(ids, labels=ids).loss))
     assert abs(float(scores[1]) - dense) < 1e-3 * dense

@@ -11,7 +11,7 @@ import torch
 from tiny_models import tiny_model
 
 import netslim
-from netslim.export import round_for_storage
+from netslim.export.save import round_for_storage
 
 QUANT = {"bits": 4, "group_size": 16}  # the tiny widths (64, 128) are multiples of 16
 STAGES: dict[str, dict | list[dict]] = {

@@ -207,4 +207,5 @@ def test_owl_without_calibration_is_a_one_line_config_error(llama_model, method)
         netslim.compress(llama_model, stage, progress=False)
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="^allocation: owl needs calibration data; pass calibration windows$"):
-        netslim.parse_recipe(stage)[0].plan(ModelAdapter.from_model(llama_model), None)
+        cfg = netslim.parse_recipe(stage)[0]
+        cfg.handler().plan(cfg, ModelAdapter.from_model(llama_model), None)

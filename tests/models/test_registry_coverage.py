@@ -12,7 +12,7 @@ from tiny_models import TINY_CONFIGS, tiny_model
 from torch import nn
 
 import netslim
-from netslim.export import round_for_storage
+from netslim.export.save import round_for_storage
 from netslim.models.adapter import ModelAdapter, linear_weight
 from netslim.models.registry import family_for_model_type, supported_model_types
 from netslim.models.spec import NormKind, stores_transposed

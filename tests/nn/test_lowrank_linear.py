@@ -6,7 +6,7 @@ from torch import nn
 
 import netslim
 from netslim.eval.size import folder_weight_bytes, model_size
-from netslim.export import round_for_storage
+from netslim.export.save import round_for_storage
 from netslim.export.modules import build_module, module_spec
 from netslim.nn.lowrank import FactorizedLinear, LowRankCompensated
 

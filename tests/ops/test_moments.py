@@ -5,7 +5,6 @@ import torch
 from netslim.engine.stats import InputStats, Stat
 from netslim.ops.moments import Moments
 from netslim.ops.rotation import gram
-from netslim.ops.structured import ChannelStats
 
 
 def _batches(width=12, seed=0):
@@ -30,11 +29,12 @@ def test_moments_hold_only_what_was_asked():
     assert moments.sq_sum is None and moments.total is None and moments.xtx is None and moments.n_tokens == 3
 
 
-def test_channel_stats_mean_norm_and_sample_variance_in_float64():
+def test_flap_moments_mean_norm_and_sample_variance_in_float64():
     x = torch.cat([b.reshape(-1, 12) for b in _batches()]).double()
-    stats = ChannelStats.zeros(12)
+    acc = InputStats(12, frozenset({Stat.MOMENTS}))
     for b in _batches():
-        stats.add(b)
+        acc.add(b)
+    stats = acc.view().moments
     assert stats.total.dtype == torch.float64 and stats.total.device.type == "cpu"
     assert torch.allclose(stats.mean, x.mean(0)) and torch.allclose(stats.norm, x.norm(dim=0))
     assert torch.allclose(stats.variance, x.var(0))
@@ -46,3 +46,14 @@ def test_chunked_gram_sums_float32_products_in_float64():
     expected = sum((p.t() @ p).double() for p in flat.split(7))
     out = gram(x, chunk=7)
     assert out.dtype == torch.float64 and torch.equal(out, expected)
+
+
+def test_gram_chunks_count_over_the_stream_so_any_split_gives_the_same_sum():
+    """SliceGPT's Gram is gathered window by window by hooks; it equals the one of the whole signal."""
+    x = torch.randn(5, 9, 16, generator=torch.Generator().manual_seed(2))
+    acc = Moments(16, squares=False, gram=True, dtype=torch.float64, compute_dtype=torch.float32, chunk=7)
+    for window in x:
+        acc.add(window)
+    assert torch.equal(acc.xtx, gram(x, chunk=7))
+    acc.add(x[0])  # reading xtx early changes nothing: the chunks still count over the stream
+    assert torch.equal(acc.xtx, gram(torch.cat([x, x[:1]]), chunk=7))

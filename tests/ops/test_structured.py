@@ -3,10 +3,11 @@
 import torch
 
 from netslim.ops import structured as S
+from netslim.ops.moments import Moments
 
 
-def _stats(x: torch.Tensor) -> S.ChannelStats:
-    stats = S.ChannelStats.zeros(x.shape[-1])
+def _stats(x: torch.Tensor) -> Moments:
+    stats = Moments(x.shape[-1], mean=True, dtype=torch.float64)  # what the engine keeps for Stat.MOMENTS
     stats.add(x[: len(x) // 2])
     stats.add(x[len(x) // 2 :])
     return stats

@@ -49,12 +49,12 @@ def test_minilm_through_the_compress_job(monkeypatch, tmp_path):
     """What `netslim compress all-minilm-l6-v2 --method channels --set ratio=0.3` does."""
     import torch
 
-    from netslim.channel_job import channel_job
+    from netslim.job import compress_job
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "minilm30"
-    result = channel_job("all-minilm-l6-v2", {"method": "channels", "ratio": 0.3, "importance": "l2"}, out)
-    report = result.report
+    result = compress_job("all-minilm-l6-v2", {"method": "channels", "ratio": 0.3, "importance": "l2"}, out)
+    report = result.report.as_dict()
     assert report["recipe"][0]["params_of"] == "prunable"  # the encoder's parameters, as the issue counts them
     assert report["baseline"]["scores"] == pytest.approx(REFERENCE, abs=0.005)
     assert all(report["compressed"]["scores"][task] > floor for task, floor in FLOORS_30.items()), report

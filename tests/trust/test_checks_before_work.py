@@ -93,7 +93,7 @@ def test_chains_that_make_sense_still_run(tiny_folder, tmp_path):
     folder, text = tiny_folder
     result = _job(folder, text, [{"method": "wanda"}, {"method": "gptq", "bits": 4, "group_size": 16},
                                  {"method": "eora", "rank": 4}], None)
-    assert result.report["compressed"]["ppl"] > 0
+    assert result.report.compressed.ppl > 0
 
 
 def test_nan_weights_are_refused_and_reports_stay_valid_json(tiny_folder, tmp_path):

@@ -39,13 +39,16 @@ def _split_hidden(args: tuple, kwargs: dict) -> tuple[torch.Tensor, BlockCall]:
 
 @torch.no_grad()
 def capture_block_inputs(
-    adapter: ModelAdapter, ids: torch.Tensor
+    adapter: ModelAdapter, ids: torch.Tensor, record_calls: bool = True
 ) -> tuple[torch.Tensor, list[BlockCall]]:
     """Hidden states entering block 0 for each window, and each block's other call arguments.
 
     Args:
         adapter: The model's adapter.
         ids: Token windows, shape (windows, seqlen).
+        record_calls: Run the first window through every block to record their arguments;
+            ``False`` stops every window at block 0 (the calls come back as ``None``), e.g.
+            when only the input of block 0 has changed and the blocks do not fit it yet.
 
     Returns:
         ``(hidden, calls)``: hidden of shape (windows, seqlen, hidden_size) on the model's
@@ -71,7 +74,7 @@ def capture_block_inputs(
     handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(adapter.blocks)]
     try:
         for w in range(ids.shape[0]):
-            stop_after_first[0] = w > 0
+            stop_after_first[0] = w > 0 or not record_calls
             try:
                 model(ids[w : w + 1].to(device), use_cache=False)
             except _StopForward:

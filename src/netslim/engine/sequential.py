@@ -1,15 +1,17 @@
-"""The sequential layer-wise calibration loop.
+"""The sequential layer-wise calibration loop, which every causal-LM method runs through.
 
-For each block in order: gather the input statistics the stages need through forward hooks,
-let each stage act on the block's projections, then recompute the block's outputs with the
-compressed weights and feed them to the next block. Peak memory is the model plus one
-block's activations for the calibration windows.
+For each pass: every stage's handler plans on a statistics-only sweep (:mod:`netslim.engine.sweep`)
+and may prepare the model (``start``); then, for each block in order, the engine gathers the
+input statistics the stages need through its own forward hooks, lets each stage act (on every
+projection for ``Scope.LAYER``, on the whole block for ``Scope.BLOCK``), recomputes the block's
+outputs with the compressed weights and feeds them to the next block; finally each handler's
+``finish`` runs. Peak memory is the model plus one block's activations for the calibration
+windows.
 
-Stages of layer scope run together in one pass over the blocks; a model-scope stage (which
-needs the whole model, e.g. removing blocks) ends the pass and runs on its own. The engine
-reads each stage's ``scope``, ``needs`` and ``handler`` from its config class; it never looks
-a method up by name. Planning sweeps (:meth:`MethodConfig.plan`) are handed
-:func:`iter_block_stats` bound to the model and calibration data.
+Stages of layer scope run together in one pass; a block-scope stage (which changes the block
+structure: heads, neurons, the residual basis, the number of blocks) runs in a pass of its own.
+The engine reads each stage's ``scope``, ``needs`` and ``handler`` from its config class; it
+never looks a method up by name.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,41 +28,22 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from netslim.data.windows import TokenWindows
-from netslim.engine.capture import BlockCall, capture_block_inputs, run_block
+from netslim.engine.capture import capture_block_inputs
 from netslim.engine.checkpoint import Checkpoint, job_fingerprint
-from netslim.engine.stats import InputStats, LayerStats, Stat
+from netslim.engine.records import LayerRecord, RunLog
+from netslim.engine.step import BlockStep
+from netslim.engine.sweep import iter_block_stats
 from netslim.errors import ConfigError
-from netslim.methods.base import MethodConfig, Scope, layer_view
+from netslim.methods.base import Handler, MethodConfig, Scope, layer_view
 from netslim.models.adapter import ModelAdapter, linear_weight
 
 
 @dataclass
 class RunRecord:
-    """What a run decided: the resolved stages (replayable) and one record per layer."""
+    """What a run decided: the resolved stages (replayable) and one record per module."""
 
     stages: list[MethodConfig]
-    layers: list[dict]
-
-
-class LayerLog:
-    """Per-layer records of what the stages did, in block order."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, dict] = {}
-
-    def add(self, name: str, module: nn.Module, method: str, extra: dict | None) -> None:
-        """Record that ``method`` acted on ``name``; sparsity is measured from the weight now."""
-        record = self.records.setdefault(name, {"name": name, "methods": []})
-        weight = linear_weight(module) if hasattr(module, "weight") else None
-        if weight is not None:
-            record["shape"] = list(weight.shape)
-            record["sparsity"] = float((weight == 0).sum()) / weight.numel()
-        record["methods"].append(method)
-        record.update(extra or {})
-
-    def as_list(self) -> list[dict]:
-        """Records in the order layers were first touched."""
-        return list(self.records.values())
+    layers: list[LayerRecord]
 
 
 def run_stages(
@@ -94,7 +77,7 @@ def run_stages(
     check_llm_stages(stages)
     passes = _passes(stages)
     _check_compensation(passes)
-    log = LayerLog()
+    log = RunLog()
     checkpoint = _checkpoint(adapter, stages, calibration, checkpoint_dir)
     model = adapter.model
     was_training = model.training
@@ -103,14 +86,7 @@ def run_stages(
     try:
         with torch.no_grad():
             for group in passes:
-                if group[0].scope is Scope.MODEL:
-                    done = group[0].handler(adapter, calibration, group[0], log)
-                    resolved.append(done or group[0])
-                else:
-                    sweep = None if calibration is None else partial(iter_block_stats, adapter, calibration)
-                    group = [cfg.plan(adapter, sweep) for cfg in group]
-                    _sequential_pass(adapter, group, calibration, log, progress, checkpoint)
-                    resolved.extend(group)
+                resolved.extend(_run_pass(adapter, group, calibration, log, progress, checkpoint))
     finally:
         model.train(was_training)
     if timing is not None:
@@ -126,28 +102,11 @@ def check_llm_stages(stages: Sequence[MethodConfig]) -> None:
                               "efficientnet-lite0 --method channels); for a causal LM use width or slicegpt")
 
 
-def iter_block_stats(
-    adapter: ModelAdapter, calibration: TokenWindows, needs: frozenset[Stat]
-) -> Iterator[tuple[int, dict[str, LayerStats]]]:
-    """Each block's index and the input statistics of its projections, without changing it.
-
-    For planning sweeps (:meth:`MethodConfig.plan`): the blocks see the calibration data as
-    the current model propagates it. Statistics of one block are freed when the next is read.
-    """
-    hidden, calls = capture_block_inputs(adapter, calibration.ids)
-    for index in range(adapter.num_blocks):
-        yield index, _collect(adapter, index, adapter.block_input_groups(index), needs, hidden, calls[index])
-        if index + 1 < adapter.num_blocks:
-            hidden = run_block(adapter.blocks[index], hidden, calls[index])
-
-
 def _passes(stages: Sequence[MethodConfig]) -> list[list[MethodConfig]]:
-    """Split stages into runs of layer/block scope stages and single model-scope stages."""
+    """Split stages into runs of layer-scope stages and single block-scope stages."""
     passes: list[list[MethodConfig]] = []
     for cfg in stages:
-        if cfg.scope is Scope.MODEL:
-            passes.append([cfg])
-        elif passes and passes[-1][0].scope is not Scope.MODEL:
+        if cfg.scope is Scope.LAYER and passes and passes[-1][0].scope is Scope.LAYER:
             passes[-1].append(cfg)
         else:
             passes.append([cfg])
@@ -158,7 +117,7 @@ def _check_compensation(passes: list[list[MethodConfig]]) -> None:
     """Reject a stage that compensates earlier stages (``needs_original``) but opens its pass.
 
     Such a stage sees the weights as they were at the start of its pass, so with no stage
-    before it in the pass (first in the recipe, or right after a model-scope stage such as
+    before it in the pass (first in the recipe, or right after a block-scope stage such as
     ``width``, ``depth`` or ``slicegpt``) it would only add a zero correction.
 
     Raises:
@@ -182,36 +141,49 @@ def _checkpoint(adapter, stages, calibration, folder) -> Checkpoint | None:
     return Checkpoint(Path(folder) / fingerprint[:16], fingerprint, started)
 
 
-def _sequential_pass(
+def _run_pass(
     adapter: ModelAdapter,
     stages: list[MethodConfig],
     calibration: TokenWindows | None,
-    log: LayerLog,
+    log: RunLog,
     progress: bool,
-    checkpoint: Checkpoint | None = None,
-) -> None:
+    checkpoint: Checkpoint | None,
+) -> list[MethodConfig]:
+    """Plan, start, act on every block, finish; returns the resolved stages."""
     needs_data = [cfg.method for cfg in stages if cfg.needs]
     if needs_data and calibration is None:
         raise ConfigError(f"method {needs_data[0]} needs calibration data; pass calibration windows")
-    hidden, calls = capture_block_inputs(adapter, calibration.ids) if needs_data else (None, [])
+    handlers: list[Handler] = [cfg.handler() for cfg in stages]
+    sweep = None if calibration is None else partial(iter_block_stats, adapter, calibration)
+    stages = [h.plan(cfg, adapter, sweep) for h, cfg in zip(handlers, stages)]
+    hidden, calls = capture_block_inputs(adapter, calibration.ids) if needs_data else (None, [None] * adapter.num_blocks)
+    first = BlockStep(adapter, 0, hidden, calls[0], log)
+    if any([h.start(cfg, first) for h, cfg in zip(handlers, stages)]) and needs_data:
+        hidden, _ = capture_block_inputs(adapter, calibration.ids, record_calls=False)
     start = 0
     if checkpoint is not None:
         start, hidden, records, _ = checkpoint.restore(adapter, hidden)
         if start:
-            log.records = {r["name"]: r for r in records}
-    names = "+".join(cfg.method for cfg in stages)
+            log.restore(records)
     snapshot = any(cfg.needs_original for cfg in stages)
     blocks = range(start, adapter.num_blocks)
+    names = "+".join(cfg.method for cfg in stages)
     for index in tqdm(blocks, desc=names, unit="block", initial=start, total=adapter.num_blocks, disable=not progress):
-        call = calls[index] if needs_data else None
+        step = BlockStep(adapter, index, hidden, calls[index], log)
         originals = _snapshot(adapter, index) if snapshot else {}
-        for cfg in stages:
-            _apply_stage(adapter, index, cfg, hidden, call, log, originals if cfg.needs_original else {})
+        for handler, cfg in zip(handlers, stages):
+            if cfg.scope is Scope.LAYER:
+                _act_on_layers(step, handler, cfg, originals if cfg.needs_original else {})
+            else:
+                handler.act_block(cfg, step)
         if needs_data and index + 1 < adapter.num_blocks:
-            hidden = run_block(adapter.blocks[index], hidden, call)
+            hidden = step.output()
         _release_caches(adapter.blocks[index])
         if checkpoint is not None:
-            checkpoint.save_block(adapter, index, hidden, log.as_list())
+            checkpoint.save_block(adapter, index, hidden, [r.as_dict() for r in log.as_list()])
+    for handler, cfg in zip(handlers, stages):
+        handler.finish(cfg, adapter, log)
+    return stages
 
 
 def _release_caches(block: nn.Module) -> None:
@@ -228,52 +200,17 @@ def _snapshot(adapter: ModelAdapter, index: int) -> dict[str, torch.Tensor]:
     return {name: linear_weight(m).detach().clone() for name, m in adapter.block_linears(index).items()}
 
 
-def _apply_stage(
-    adapter: ModelAdapter,
-    index: int,
-    cfg: MethodConfig,
-    hidden: torch.Tensor | None,
-    call: BlockCall | None,
-    log: LayerLog,
-    originals: dict[str, torch.Tensor],
-) -> None:
-    groups = [[n for n in group if not cfg.ignores(n)] for group in adapter.block_input_groups(index)]
+def _act_on_layers(step: BlockStep, handler: Handler, cfg: MethodConfig, originals: dict[str, torch.Tensor]) -> None:
+    """Call ``handler.act_layer`` on every projection of the block ``cfg`` does not ignore,
+    each group of projections with the input statistics gathered just before it."""
+    groups = [[n for n in group if not cfg.ignores(n)] for group in step.adapter.block_input_groups(step.index)]
     groups = [g for g in groups if g]
     subsets = [[g] for g in groups] if cfg.true_sequential else [groups]
     for subset in subsets:
-        stats = _collect(adapter, index, subset, cfg.needs, hidden, call)
+        stats, _ = step.layer_stats(subset, cfg.needs)
         for group in subset:
             for name in group:
-                layer = layer_view(adapter, index, name, originals.get(name))
-                extra = cfg.handler(layer, stats.get(name), cfg)
-                log.add(name, layer.module, cfg.method, extra)
+                layer = layer_view(step.adapter, step.index, name, originals.get(name))
+                values = handler.act_layer(layer, stats.get(name), cfg)
+                step.record(name, layer.module, cfg.method, values)
         del stats
-
-
-def _collect(
-    adapter: ModelAdapter,
-    index: int,
-    groups: list[list[str]],
-    needs: frozenset[Stat],
-    hidden: torch.Tensor | None,
-    call: BlockCall | None,
-) -> dict[str, LayerStats]:
-    """Run block ``index`` over the calibration states with hooks; stats per layer name."""
-    if not needs or hidden is None:
-        return {}
-    block = adapter.blocks[index]
-    accumulators: dict[str, InputStats] = {}
-    handles = []
-    for group in groups:
-        first = adapter.model.get_submodule(group[0])
-        width = getattr(first, "in_features", None) or linear_weight(first).shape[1]  # compressed modules keep in_features
-        acc = InputStats(width, needs, hidden.device)
-        handles.append(first.register_forward_hook(lambda _m, inp, _o, acc=acc: acc.add(inp[0])))
-        for name in group:
-            accumulators[name] = acc
-    try:
-        run_block(block, hidden, call)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: acc.view() for name, acc in accumulators.items()}

@@ -1,9 +1,120 @@
-"""The compression report: ``report.json`` (machine-readable) and ``report.md`` (for people)."""
+"""The compression report: one typed :class:`Report` for every kind of model, written as
+``report.json`` (machine-readable) and ``report.md`` (for people).
+
+Language models are measured by perplexity under the evaluation protocol, vision and encoder
+models by their task scores, MACs and CPU latency; both sides of a report (``baseline`` and
+``compressed``) are :class:`Measurement` objects with the fields their kind has, and the
+per-layer records (causal LMs) or per-group cuts (graph pruning) follow.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+# The measurement fields each kind of report has (report.json lists exactly these, ``null`` if unknown).
+KINDS = {"causal_lm": ("ppl", "params", "nonzero_params", "size_bytes"),
+         "channels": ("params", "macs", "latency_ms", "scores", "size_bytes")}
+
+
+@dataclass
+class Measurement:
+    """One side of a report: the model before or after compression.
+
+    Attributes:
+        params: Parameters.
+        size_bytes: Bytes of the weights (on disk once the folder is written).
+        ppl: Perplexity (causal LMs; ``None`` when not finite).
+        nonzero_params: Parameters that are not exactly zero (causal LMs).
+        macs: Multiply-accumulates of one example input (graph pruning).
+        latency_ms: Median CPU latency of one example input (graph pruning).
+        scores: Task scores by name (graph pruning).
+    """
+
+    params: int
+    size_bytes: int | None = None
+    ppl: float | None = None
+    nonzero_params: int | None = None
+    macs: int | None = None
+    latency_ms: float | None = None
+    scores: dict[str, float] | None = None
+
+
+@dataclass
+class Report:
+    """What a compression job measured and decided.
+
+    Attributes:
+        kind: ``causal_lm`` or ``channels`` (vision and encoder models).
+        model: The source the job read.
+        recipe: The resolved stages (per-block and per-layer choices spelled out).
+        protocol: How quality was measured (dataset, windows, tokens; task and latency protocol).
+        baseline / compressed: The measurements before and after.
+        compress_seconds: Wall time of the compression itself.
+        peak_rss_bytes: Peak resident memory of the process.
+        layers: Per-layer records (causal LMs, :class:`netslim.engine.records.LayerRecord`
+            as JSON) or per-group cuts (graph pruning: group, units, kept).
+        storage: The storage summary of the written folder (set by the folder writer).
+    """
+
+    kind: Literal["causal_lm", "channels"]
+    model: str
+    recipe: list[dict]
+    protocol: dict
+    baseline: Measurement
+    compressed: Measurement
+    compress_seconds: float
+    peak_rss_bytes: int
+    layers: list[dict] = field(default_factory=list)
+    storage: dict | None = None
+
+    @property
+    def params_removed(self) -> float:
+        """Fraction of the parameters removed."""
+        return 1 - self.compressed.params / self.baseline.params
+
+    @property
+    def macs_removed(self) -> float | None:
+        """Fraction of the MACs removed (graph pruning)."""
+        if self.baseline.macs is None or self.compressed.macs is None:
+            return None
+        return 1 - self.compressed.macs / self.baseline.macs
+
+    @property
+    def speedup(self) -> float | None:
+        """Dense over compressed latency (graph pruning)."""
+        if self.baseline.latency_ms is None or self.compressed.latency_ms is None:
+            return None
+        return self.baseline.latency_ms / self.compressed.latency_ms
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (``report.json``): each side with its kind's fields, non-finite numbers as ``null``."""
+        out = asdict(self)
+        for side in ("baseline", "compressed"):
+            out[side] = {k: out[side][k] for k in KINDS[self.kind]}
+        derived = {"params_removed": self.params_removed, "macs_removed": self.macs_removed, "speedup": self.speedup}
+        out.update({k: v for k, v in derived.items() if v is not None})
+        if out["storage"] is None:
+            del out["storage"]
+        return json_safe(out)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """Read ``report.json`` back (derived fields are recomputed, not read).
+
+        Raises:
+            KeyError, TypeError, ValueError: for a dict that is not a report.
+        """
+        if data.get("kind", "causal_lm") not in KINDS:
+            raise ValueError(f"unknown report kind {data.get('kind')!r}")
+        names = set(Measurement.__dataclass_fields__)
+        sides = {side: Measurement(**{k: v for k, v in data[side].items() if k in names})
+                 for side in ("baseline", "compressed")}
+        return cls(kind=data.get("kind", "causal_lm"), model=data["model"], recipe=list(data["recipe"]),
+                   protocol=dict(data["protocol"]), compress_seconds=float(data["compress_seconds"]),
+                   peak_rss_bytes=int(data["peak_rss_bytes"]), layers=list(data.get("layers", data.get("groups", []))),
+                   storage=data.get("storage"), **sides)
 
 
 def json_safe(value: Any) -> Any:
@@ -18,10 +129,10 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """A readable summary of a report dict built by :func:`netslim.job.compress_job` or
-    :func:`netslim.channel_job.channel_job` (``kind: channels``)."""
-    if report.get("kind") == "channels":
+def render_markdown(typed: Report) -> str:
+    """A readable summary of a :class:`Report` (``report.md``)."""
+    report = typed.as_dict()
+    if typed.kind == "channels":
         return _render_channels(report)
     proto = report["protocol"]
     calib = proto.get("calibration") or {}
@@ -109,7 +220,7 @@ def _render_channels(report: dict[str, Any]) -> str:
         "",
         "| group | units | kept |",
         "|---|---:|---:|",
-        *[f"| {g['group']} | {g['units']} | {g['kept']} |" for g in report["groups"]],
+        *[f"| {g['group']} | {g['units']} | {g['kept']} |" for g in report["layers"]],
         "",
     ]
     return "\n".join(lines)

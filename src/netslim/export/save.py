@@ -24,6 +24,9 @@ Storage formats (``netslim.json`` ``format``), see docs/second_order.md:
              weights there and refuses the folder rather than loading random weights.
     modules  written by older netslim versions: ``model.safetensors`` holding modules the
              config cannot build; still read by :func:`netslim.load`.
+    slim_plan  a vision or encoder model of the zoo with channels removed by graph pruning:
+             ``slim_plan.json`` (the cuts, replayable on the zoo model) and
+             ``model.safetensors`` (the pruned weights); :func:`netslim.load` rebuilds it.
 
 ``format="auto"`` (the default) writes ``dense`` for a model that plain ``transformers`` builds
 from its config (pruned weights, uniform width or depth pruning) and ``packed`` for any
@@ -51,7 +54,7 @@ import torch
 
 from netslim import __version__
 from netslim.errors import ConfigError
-from netslim.eval.report import render_markdown
+from netslim.eval.report import Report, render_markdown
 from netslim.eval.size import folder_weight_bytes
 from netslim.export.atomic import atomic_folder
 from netslim.export.modules import module_specs
@@ -60,7 +63,10 @@ from netslim.export.storage import (
     check_codecs, decoder_linears, dense_records, plan_codecs, round_values, storage_summary, unique_state,
     value_dtypes, write_packed,
 )
+from netslim.graph.plan import SlimPlan, write_pruned
 from netslim.models.folder import NETSLIM_MARKER
+
+SLIM_FORMAT = "slim_plan"
 
 FORMATS = ("auto", "dense", "packed")
 
@@ -72,7 +78,8 @@ class SavedResult(Protocol):
     tokenizer: Any
     recipe: Sequence[Stage]
     source: str
-    report: dict | None
+    report: Report | None
+    plan: SlimPlan | None
 
 
 def _reference_model(model):
@@ -114,6 +121,8 @@ def save(
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(f"save takes a folder path, got {type(path).__name__}")
     check_codecs(codecs)
+    if getattr(result, "plan", None) is not None:
+        return _save_slim_plan(result, path, overwrite, format)
     model = result.model
     modules, packed, dtypes = _layout(model, format, dtype)
     state, aliases = unique_state(model.state_dict())
@@ -140,6 +149,23 @@ def save(
         (tmp / NETSLIM_MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
         if result.report is not None:
             _write_report(result.report, storage["summary"], folder_weight_bytes(tmp), tmp)
+    return Path(path)
+
+
+def _save_slim_plan(result: SavedResult, path: str | os.PathLike, overwrite: bool, format: str) -> Path:  # noqa: A002
+    """The ``slim_plan`` layout of a graph-pruned zoo model (its weights are plain tensors)."""
+    if format == "packed":
+        raise ConfigError("a graph-pruned model is stored as its plan and dense weights; use format auto or dense")
+    with atomic_folder(path, overwrite, inputs=[result.source]) as tmp:
+        write_pruned(tmp, result.model, result.plan)
+        if result.tokenizer is not None:
+            result.tokenizer.save_pretrained(tmp)
+        (tmp / "recipe.yaml").write_text(dump_recipe(result.recipe), encoding="utf-8")
+        marker = {"netslim_version": __version__, "format": SLIM_FORMAT, "source": result.source,
+                  "recipe": recipe_data(result.recipe)}
+        (tmp / NETSLIM_MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+        if result.report is not None:
+            _write_report(result.report, None, folder_weight_bytes(tmp), tmp)
     return Path(path)
 
 
@@ -218,10 +244,9 @@ def _write_packed_model(model, state, aliases, plan, dtypes, folder: Path) -> di
     }
 
 
-def _write_report(report: dict, summary: dict, weight_bytes: int, folder: Path) -> None:
+def _write_report(report: Report, summary: dict | None, weight_bytes: int, folder: Path) -> None:
     """Record the real on-disk size of the weights in the report, then write it."""
-    if "compressed" in report:
-        report["compressed"]["size_bytes"] = weight_bytes
-    report["storage"] = summary
-    (folder / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    report.compressed.size_bytes = weight_bytes
+    report.storage = summary
+    (folder / "report.json").write_text(json.dumps(report.as_dict(), indent=2), encoding="utf-8")
     (folder / "report.md").write_text(render_markdown(report), encoding="utf-8")

@@ -75,9 +75,15 @@ class SlimPlan:
 def save_pruned(model: nn.Module, plan: SlimPlan, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``plan`` and ``model``'s weights to folder ``path`` atomically."""
     with atomic_folder(path, overwrite) as tmp:
-        (tmp / PLAN_FILE).write_text(plan.to_json(), encoding="utf-8")
-        save_model(model, str(tmp / WEIGHTS_FILE))
+        write_pruned(tmp, model, plan)
     return Path(path)
+
+
+def write_pruned(folder: Path, model: nn.Module, plan: SlimPlan) -> None:
+    """The files of a pruned model in ``folder``: the plan (``slim_plan.json``) and the weights
+    (``model.safetensors``); :func:`save_pruned` and :func:`netslim.save` both write them."""
+    (folder / PLAN_FILE).write_text(plan.to_json(), encoding="utf-8")
+    save_model(model, str(folder / WEIGHTS_FILE))
 
 
 def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:

@@ -1,13 +1,23 @@
-"""What every method shares: the config base class, the views methods act on, and scopes.
+"""What every method shares: the config base class, the handler protocol, views and scopes.
 
-A method is a validated config class plus a handler function, bound together by
+A method is a validated config class bound to one handler (a :class:`Handler` subclass) by
 :func:`netslim.methods.registry.register_method`. The config class carries what the engine
 needs as class attributes: its ``scope``, the statistics it ``needs``, the ``handler`` the
 registry binds, what it ``accepts`` and ``produces`` (for the checks before work). The engine
-reads these from the config it is handed and never looks a method up by name. It calls the
-handler once per Linear layer (``Scope.LAYER``) with the calibration statistics of its input,
-or once for the whole model (``Scope.MODEL``). ``Scope.GRAPH`` methods act on vision and
-encoder models (:mod:`netslim.models.tasks`), not on causal LMs, and never enter the engine.
+reads these from the config it is handed and never looks a method up by name; it makes one
+handler instance per stage and calls its hooks in a fixed order:
+
+1. :meth:`Handler.plan` once, with the engine's statistics-only sweep of the model, returning
+   the config with every model-wide choice resolved (the run's record, replayable);
+2. :meth:`Handler.start` once, before the first block (may change what enters block 0);
+3. per block in order: :meth:`Handler.act_layer` on every projection with its input
+   statistics (``Scope.LAYER``), or :meth:`Handler.act_block` on the whole block
+   (``Scope.BLOCK``); the engine then runs the compressed block to feed the next one;
+4. :meth:`Handler.finish` once, after the last block.
+
+A layer method needs only ``act_layer``: decorating a function ``(layer, stats, cfg) -> dict``
+with ``register_method`` makes it one. ``Scope.GRAPH`` methods act on vision and encoder models
+(:mod:`netslim.models.tasks`) through :meth:`Handler.act_graph`, and never enter the engine.
 """
 
 from __future__ import annotations
@@ -22,14 +32,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from netslim.engine.stats import LayerStats, Stat
+from netslim.engine.records import RunLog
+from netslim.engine.stats import BlockStats, LayerStats, Stat
+from netslim.engine.step import BlockStep
 from netslim.errors import ConfigError, did_you_mean
 from netslim.models.adapter import ModelAdapter, linear_weight
 
 
 FLOAT = "float"  # the kind of a plain projection (nn.Linear, GPT-2's Conv1D)
-# The engine's statistics-only pass: ``sweep(needs)`` yields (block index, {layer name: stats}).
-Sweep = Callable[[frozenset[Stat]], Iterator[tuple[int, dict[str, LayerStats]]]]
+# The engine's statistics-only pass (netslim.engine.sweep.iter_block_stats bound to the model and
+# its calibration): ``sweep(needs, windows=None, gradient_windows=None)`` yields (block index, BlockStats).
+Sweep = Callable[..., Iterator[tuple[int, BlockStats]]]
 _ORDER_HINT = ("order the recipe as structure (width, depth, slicegpt), then pruning, then low rank or "
                "quantization, then eora")
 
@@ -65,10 +78,10 @@ class ModelShape:
 
 
 class Scope(str, enum.Enum):
-    """The unit a method's function acts on."""
+    """The unit a method's handler acts on."""
 
-    LAYER = "layer"
-    MODEL = "model"
+    LAYER = "layer"  # each projection, in the engine's pass over the blocks (stages of this scope share a pass)
+    BLOCK = "block"  # each whole block, in a pass of its own (heads, neurons, residual basis, removal)
     GRAPH = "graph"  # any nn.Module through its dependency graph (netslim.graph), not a causal-LM pass
 
 
@@ -103,7 +116,7 @@ class MethodConfig(BaseModel):
     true_sequential: bool = False
 
     scope: ClassVar[Scope] = Scope.LAYER
-    handler: ClassVar[Callable[..., Any] | None] = None  # bound by register_method
+    handler: ClassVar[type[Handler] | None] = None  # bound by register_method
     needs: ClassVar[frozenset[Stat]] = frozenset()
     needs_original: ClassVar[bool] = False
     accepts: ClassVar[frozenset[str] | None] = frozenset({FLOAT})
@@ -145,17 +158,43 @@ class MethodConfig(BaseModel):
         """Whether module ``name`` matches an ignore pattern."""
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore)
 
-    def plan(self, adapter: ModelAdapter, sweep: Sweep | None) -> MethodConfig:
-        """Resolve model-wide choices before the pass that runs this stage; default: none.
 
-        The engine calls it once per layer-scope stage, on the model as earlier passes left
-        it, before the sequential pass starts. A method whose per-layer settings depend on
-        every layer (global rank or sparsity allocation) overrides it: ``sweep(needs)``
-        (``None`` without calibration data) is the engine's statistics-only pass, yielding
-        each block's index and its projections' input statistics without changing the model.
-        It returns a copy of itself with those settings spelled out (the run's record).
+class Handler:
+    """The hooks the engine calls for one stage, in the order of the module docstring.
+
+    One instance serves one run of one stage, so what :meth:`plan` learns (scores, bases)
+    can be kept on ``self`` for the later hooks. ``plan``, ``start`` and ``finish`` do nothing
+    by default; the act hook of the method's scope is the one a method must implement.
+    """
+
+    def plan(self, cfg: MethodConfig, adapter: ModelAdapter, sweep: Sweep | None) -> MethodConfig:
+        """Resolve model-wide choices before the pass, on the model as earlier passes left it.
+
+        ``sweep`` (``None`` without calibration data) is the engine's statistics-only pass;
+        return a copy of ``cfg`` with the choices spelled out (OWL's per-block sparsities,
+        ranks, per-block widths, removed blocks), so replaying it gives the same weights.
         """
-        return self
+        return cfg
+
+    def start(self, cfg: MethodConfig, step: BlockStep) -> bool:
+        """Before the first block; ``step`` is block 0 with its calibration inputs. Return
+        ``True`` when the hook changed what enters block 0 (the engine then captures it anew)."""
+        return False
+
+    def act_layer(self, layer: LayerView, stats: LayerStats | None, cfg: MethodConfig) -> dict | None:
+        """``Scope.LAYER``: compress one projection; return its record fields."""
+        raise NotImplementedError(f"{cfg.method}: a layer-scope method implements act_layer")
+
+    def act_block(self, cfg: MethodConfig, step: BlockStep) -> None:
+        """``Scope.BLOCK``: compress block ``step.index``, recording through ``step.record``."""
+        raise NotImplementedError(f"{cfg.method}: a block-scope method implements act_block")
+
+    def finish(self, cfg: MethodConfig, adapter: ModelAdapter, log: RunLog) -> None:
+        """After the last block (model-level changes: the LM head, the config, removed blocks)."""
+
+    def act_graph(self, task: Any, cfg: MethodConfig) -> Any:
+        """``Scope.GRAPH``: prune a vision or encoder model (never called by the engine)."""
+        raise NotImplementedError(f"{cfg.method}: a graph-scope method implements act_graph")
 
 
 @dataclass
@@ -193,8 +232,8 @@ def layer_view(
     return LayerView(name, getattr(parent, attr), block_index, parent, attr, original)
 
 
-__all__ = ["FLOAT", "LayerShape", "LayerStats", "LayerView", "MethodConfig", "ModelShape", "Scope", "Stat", "Sweep",
-           "layer_view"]
+__all__ = ["FLOAT", "BlockStats", "BlockStep", "Handler", "LayerShape", "LayerStats", "LayerView", "MethodConfig",
+           "ModelShape", "Scope", "Stat", "Sweep", "layer_view"]
 
 
 def _explain(exc: ValidationError, config_cls: type[MethodConfig]) -> str:

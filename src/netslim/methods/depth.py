@@ -20,14 +20,13 @@ import math
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from netslim.data.windows import TokenWindows
-from netslim.engine.capture import capture_block_inputs, run_block
+from netslim.engine.records import RunLog
 from netslim.engine.stats import Stat
+from netslim.engine.step import BlockStep
 from netslim.errors import ConfigError
-from netslim.methods.base import MethodConfig, ModelShape, Scope
+from netslim.methods.base import Handler, MethodConfig, ModelShape, Scope, Sweep
 from netslim.methods.registry import register_method
 from netslim.models import surgery
 from netslim.models.adapter import ModelAdapter
@@ -52,8 +51,7 @@ class DepthConfig(MethodConfig):
     score_windows: int = Field(default=16, ge=1)
     remove: tuple[int, ...] | None = None
 
-    scope: ClassVar[Scope] = Scope.MODEL
-    needs: ClassVar[frozenset[Stat]] = frozenset({Stat.ACT_NORM})
+    scope: ClassVar[Scope] = Scope.BLOCK
 
     @model_validator(mode="after")
     def _one_amount(self) -> DepthConfig:
@@ -95,59 +93,35 @@ class DepthConfig(MethodConfig):
         return n
 
 
-@torch.no_grad()
-def block_states(adapter: ModelAdapter, ids: torch.Tensor) -> tuple[list[torch.Tensor], list]:
-    """Hidden states entering every block and leaving the last one (``num_blocks + 1`` tensors)."""
-    hidden, calls = capture_block_inputs(adapter, ids)
-    states = [hidden]
-    for index, block in enumerate(adapter.blocks):
-        states.append(run_block(block, states[-1], calls[index]))
-    return states, calls
-
-
-def block_influence(states: list[torch.Tensor]) -> torch.Tensor:
-    """``1 - mean cosine(input, output)`` of each block over all tokens (ShortGPT)."""
-    scores = [
-        1 - F.cosine_similarity(a.float().flatten(0, 1), b.float().flatten(0, 1), dim=-1).mean()
-        for a, b in zip(states[:-1], states[1:])
-    ]
-    return torch.stack(scores)
-
-
-def _nll(adapter: ModelAdapter, hidden: torch.Tensor, ids: torch.Tensor) -> float:
-    logits = adapter.lm_head(adapter.final_norm(hidden))[:, :-1].float()
-    return float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten().to(logits.device)))
-
-
-@torch.no_grad()
-def skip_perplexity(adapter: ModelAdapter, states: list[torch.Tensor], calls: list, ids: torch.Tensor) -> torch.Tensor:
-    """Perplexity of the model with each block skipped in turn (the others dense)."""
-    scores = []
-    for skipped in range(adapter.num_blocks):
-        hidden = states[skipped]
-        for index in range(skipped + 1, adapter.num_blocks):
-            hidden = run_block(adapter.blocks[index], hidden, calls[index])
-        scores.append(math.exp(_nll(adapter, hidden, ids)))
-    return torch.tensor(scores)
-
-
 @register_method("depth", DepthConfig)
-def depth(adapter: ModelAdapter, calibration: TokenWindows | None, cfg: DepthConfig, log) -> DepthConfig:
-    """Score every block on the dense model and remove the least important ones (or the
-    blocks ``remove`` names); return the config with the removed blocks spelled out."""
-    n = cfg.count(adapter.num_blocks)
-    if cfg.remove is not None:
-        drop, scores = sorted(cfg.remove), None
-    else:
-        if calibration is None:
+class DepthHandler(Handler):
+    """Plan: score every block on the model as it enters the stage (or take ``remove``) and
+    choose the blocks; finish: record and remove them."""
+
+    def plan(self, cfg: DepthConfig, adapter: ModelAdapter, sweep: Sweep | None) -> DepthConfig:
+        """The blocks to remove, returned in the config (``remove``)."""
+        n = cfg.count(adapter.num_blocks)
+        self.scores: torch.Tensor | None = None
+        if cfg.remove is not None:
+            return cfg
+        if sweep is None:
             raise ConfigError("depth pruning needs calibration data; pass calibration windows")
-        ids = calibration.ids[: cfg.score_windows]
-        states, calls = block_states(adapter, ids)
-        scores = block_influence(states) if cfg.score == "block_influence" else skip_perplexity(adapter, states, calls, ids)
-        del states
-        drop = sorted(torch.topk(scores, n, largest=False).indices.tolist())
-    for index in drop:
-        extra = {"removed": True} if scores is None else {"removed": True, cfg.score: float(scores[index])}
-        log.add(adapter.block_name(index), adapter.blocks[index], cfg.method, extra)
-    surgery.remove_blocks(adapter, drop)
-    return cfg.model_copy(update={"remove": tuple(drop)})
+        stat = Stat.BLOCK_COSINE if cfg.score == "block_influence" else Stat.SKIP_LOSS
+        blocks = [block for _, block in sweep(frozenset({stat}), windows=cfg.score_windows)]
+        if cfg.score == "block_influence":  # ShortGPT: 1 - E[cos(h_i, h_{i+1})]
+            self.scores = torch.tensor([1 - b.cosine for b in blocks])
+        else:  # the calibration perplexity with the block skipped
+            self.scores = torch.tensor([math.exp(b.skip_loss) for b in blocks])
+        drop = sorted(torch.topk(self.scores, n, largest=False).indices.tolist())
+        return cfg.model_copy(update={"remove": tuple(drop)})
+
+    def act_block(self, cfg: DepthConfig, step: BlockStep) -> None:
+        """Blocks stay until every score is read; :meth:`finish` removes them."""
+
+    def finish(self, cfg: DepthConfig, adapter: ModelAdapter, log: RunLog) -> None:
+        """Record the removed blocks with their scores, then remove them."""
+        drop = sorted(cfg.remove)
+        for index in drop:
+            score = {} if self.scores is None else {cfg.score: float(self.scores[index])}
+            log.add(adapter.block_name(index), adapter.blocks[index], cfg.method, {"removed": True, **score})
+        surgery.remove_blocks(adapter, drop)

@@ -35,7 +35,7 @@ from pydantic import Field
 
 from netslim.engine.stats import LayerStats, Stat
 from netslim.errors import ConfigError
-from netslim.methods.base import LayerView, MethodConfig, ModelShape, Sweep
+from netslim.methods.base import Handler, LayerView, MethodConfig, ModelShape, Sweep
 from netslim.methods.registry import register_method
 from netslim.models.adapter import ModelAdapter, linear_weight
 from netslim.nn.lowrank import FactorizedLinear
@@ -87,36 +87,6 @@ class LowRankConfig(MethodConfig):
     def factors(self, weight: torch.Tensor, stats: LayerStats | None, rank: int) -> tuple[Factors, dict]:
         """Rank-``rank`` factors of ``weight`` (out, in) and report fields; per method."""
         raise NotImplementedError
-
-    def plan(self, adapter: ModelAdapter, sweep: Sweep | None) -> LowRankConfig:
-        """For ``allocation: sensitivity``, sweep the model for every spectrum and fix the ranks.
-
-        Raises:
-            ConfigError: if hand-given ``ranks`` name a module that is not a block projection,
-                or a rank outside ``1 .. min(out, in)``.
-        """
-        if self.ranks is not None:
-            _check_ranks({n: tuple(linear_weight(m).shape) for i in range(adapter.num_blocks)
-                          for n, m in adapter.block_linears(i).items()}, self.ranks)
-            return self
-        if self.allocation == "uniform":
-            return self
-        spectra: dict[str, MatrixSpectrum] = {}
-        for index, stats in self._sweep(adapter, sweep):
-            for name, module in adapter.block_linears(index).items():
-                if not self.ignores(name):
-                    weight = linear_weight(module)
-                    spectrum = self.factors(weight, stats.get(name), 0)[0].spectrum
-                    spectra[name] = MatrixSpectrum(weight.shape[0], weight.shape[1], spectrum)
-        ranks = sensitivity_ranks(spectra, self.ratio)
-        return self.model_copy(update={"ranks": {name: r for name, r in ranks.items() if r is not None}})
-
-    def _sweep(self, adapter: ModelAdapter, sweep: Sweep | None):
-        if not self.needs:
-            return ((index, {}) for index in range(adapter.num_blocks))
-        if sweep is None:
-            raise ConfigError(f"method {self.method} needs calibration data; pass calibration windows")
-        return sweep(self.needs)
 
 
 class SVDConfig(LowRankConfig):
@@ -179,6 +149,47 @@ def _check_ranks(shapes: dict[str, tuple[int | None, int | None]], ranks: dict[s
             raise ConfigError(f"ranks: '{name}' has rank {rank}; use 1 to {min(shapes[name])} (its smaller side)")
 
 
+class LowRankHandler(Handler):
+    """Plans the ranks (``allocation: sensitivity``), then factorizes each projection."""
+
+    def plan(self, cfg: LowRankConfig, adapter: ModelAdapter, sweep: Sweep | None) -> LowRankConfig:
+        """For ``allocation: sensitivity``, sweep the model for every spectrum and fix the ranks.
+
+        Raises:
+            ConfigError: if hand-given ``ranks`` name a module that is not a block projection,
+                or a rank outside ``1 .. min(out, in)``.
+        """
+        if cfg.ranks is not None:
+            _check_ranks({n: tuple(linear_weight(m).shape) for i in range(adapter.num_blocks)
+                          for n, m in adapter.block_linears(i).items()}, cfg.ranks)
+            return cfg
+        if cfg.allocation == "uniform":
+            return cfg
+        spectra: dict[str, MatrixSpectrum] = {}
+        for index, stats in _sweep(cfg, adapter, sweep):
+            for name, module in adapter.block_linears(index).items():
+                if not cfg.ignores(name):
+                    weight = linear_weight(module)
+                    spectrum = cfg.factors(weight, stats.get(name), 0)[0].spectrum
+                    spectra[name] = MatrixSpectrum(weight.shape[0], weight.shape[1], spectrum)
+        ranks = sensitivity_ranks(spectra, cfg.ratio)
+        return cfg.model_copy(update={"ranks": {name: r for name, r in ranks.items() if r is not None}})
+
+    @staticmethod
+    def act_layer(layer: LayerView, stats: LayerStats | None, cfg: LowRankConfig) -> dict:
+        """Replace ``layer`` by a :class:`FactorizedLinear` at its allocated rank."""
+        return factorize(layer, stats, cfg)
+
+
+def _sweep(cfg: LowRankConfig, adapter: ModelAdapter, sweep: Sweep | None):
+    """(block index, {layer name: stats}) for the spectra (no statistics for plain SVD)."""
+    if not cfg.needs:
+        return ((index, {}) for index in range(adapter.num_blocks))
+    if sweep is None:
+        raise ConfigError(f"method {cfg.method} needs calibration data; pass calibration windows")
+    return ((index, stats.layers) for index, stats in sweep(cfg.needs))
+
+
 def factorize(layer: LayerView, stats: LayerStats | None, cfg: LowRankConfig) -> dict:
     """Replace ``layer`` by a :class:`FactorizedLinear` at its allocated rank."""
     weight = layer.weight
@@ -199,4 +210,4 @@ def factorize(layer: LayerView, stats: LayerStats | None, cfg: LowRankConfig) ->
 
 
 for _name, _cls in (("svd", SVDConfig), ("asvd", ASVDConfig), ("svd_llm", SVDLLMConfig)):
-    register_method(_name, _cls)(factorize)
+    register_method(_name, _cls)(LowRankHandler)

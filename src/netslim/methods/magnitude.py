@@ -15,7 +15,7 @@ from typing import Literal
 
 from netslim.engine.stats import LayerStats
 from netslim.methods.base import LayerView
-from netslim.methods.pruning import PruningConfig, apply_scores
+from netslim.methods.pruning import PruningConfig, PruningHandler, apply_scores
 from netslim.methods.registry import register_method
 
 
@@ -26,7 +26,7 @@ class MagnitudeConfig(PruningConfig):
     compare: Literal["row", "layer"] = "layer"
 
 
-@register_method("magnitude", MagnitudeConfig)
+@register_method("magnitude", MagnitudeConfig, base=PruningHandler)
 def magnitude(layer: LayerView, stats: LayerStats | None, cfg: MagnitudeConfig) -> dict:
     """Score = |W|."""
     return apply_scores(layer, layer.weight.abs().float(), cfg)

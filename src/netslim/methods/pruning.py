@@ -5,7 +5,7 @@ A pruning method computes a score per weight (larger = keep) and calls
 zeroes the pruned weights and returns the layer's report fields.
 
 Layer-wise allocation (``allocation: owl``, any unstructured pruning method): before the
-pass, :meth:`PruningConfig.plan` sweeps the dense model once with the calibration data,
+pass, :meth:`PruningHandler.plan` sweeps the dense model once with the calibration data,
 measures each block's share of outlier Wanda scores (:mod:`netslim.ops.owl`) and returns a
 copy of the config with ``block_ratios`` spelled out; each layer then prunes to its
 block's sparsity, recorded as ``target_sparsity`` in the layer report.
@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 
 from netslim.engine.stats import Stat
 from netslim.errors import ConfigError
-from netslim.methods.base import LayerView, MethodConfig, ModelShape, Sweep
+from netslim.methods.base import Handler, LayerView, MethodConfig, ModelShape, Sweep
 from netslim.models.adapter import ModelAdapter, linear_weight
 from netslim.ops.masks import layer_mask, nm_mask, parse_pattern, row_mask
 from netslim.ops.owl import outlier_ratio, owl_sparsities
@@ -124,22 +124,26 @@ class PruningConfig(MethodConfig):
             raise ConfigError(f"block_ratios has {len(self.block_ratios)} entries; the model has more blocks")
         return self.block_ratios[block_index]
 
-    def plan(self, adapter: ModelAdapter, sweep: Sweep | None) -> PruningConfig:
+
+class PruningHandler(Handler):
+    """The planning hook of every pruning method; each registers its ``act_layer`` on it."""
+
+    def plan(self, cfg: PruningConfig, adapter: ModelAdapter, sweep: Sweep | None) -> PruningConfig:
         """For ``allocation: owl``, sweep the model once and fix ``block_ratios``."""
-        if self.allocation == "uniform" or self.block_ratios is not None:
-            return self
+        if cfg.allocation == "uniform" or cfg.block_ratios is not None:
+            return cfg
         if sweep is None:
             raise ConfigError("allocation: owl needs calibration data; pass calibration windows")
         ratios = []
         for index, stats in sweep(frozenset({Stat.ACT_NORM})):
             scores = [
-                linear_weight(module).abs().float() * stats[name].act_norm.to(module.weight.device).unsqueeze(0)
+                linear_weight(module).abs().float() * stats.layers[name].act_norm.to(module.weight.device).unsqueeze(0)
                 for name, module in adapter.block_linears(index).items()
-                if name in stats and not self.ignores(name)
+                if name in stats.layers and not cfg.ignores(name)
             ]
-            ratios.append(outlier_ratio(scores, self.owl_threshold))
-        sparsities = owl_sparsities(ratios, self.ratio, self.owl_lambda)
-        return self.model_copy(update={"block_ratios": tuple(sparsities)})
+            ratios.append(outlier_ratio(scores, cfg.owl_threshold))
+        sparsities = owl_sparsities(ratios, cfg.ratio, cfg.owl_lambda)
+        return cfg.model_copy(update={"block_ratios": tuple(sparsities)})
 
 
 def keep_mask(scores: torch.Tensor, cfg: PruningConfig, sparsity: float | None = None) -> torch.Tensor:

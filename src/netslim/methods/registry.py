@@ -5,6 +5,10 @@ Example:
     ... def wanda(layer: LayerView, stats: LayerStats, cfg: WandaConfig) -> dict: ...
     >>> build_config({"method": "wanda", "ratio": 0.5})
     WandaConfig(method='wanda', ratio=0.5, ...)
+
+A function becomes the ``act_layer`` hook (``act_graph`` for ``Scope.GRAPH`` configs) of a
+:class:`~netslim.methods.base.Handler` subclass (``base``, to inherit a ``plan`` such as
+OWL's); a method with more hooks decorates its ``Handler`` subclass itself.
 """
 
 from __future__ import annotations
@@ -14,28 +18,34 @@ from typing import Any
 
 
 from netslim.errors import ConfigError, did_you_mean, refuse_renamed
-from netslim.methods.base import MethodConfig
+from netslim.methods.base import Handler, MethodConfig, Scope
 
 
 _METHODS: dict[str, type[MethodConfig]] = {}
 
 
-def register_method(name: str, config_cls: type[MethodConfig]):
-    """Decorator binding ``fn`` as the handler of ``config_cls``, registered as method ``name``.
+def register_method(name: str, config_cls: type[MethodConfig], base: type[Handler] = Handler):
+    """Decorator binding a handler to ``config_cls``, registered as method ``name``.
 
-    The config class carries its scope (``scope`` class attribute, default ``Scope.LAYER``);
-    the engine calls ``config.handler`` on the configs it is given.
+    Decorates a :class:`Handler` subclass, or a function that becomes the ``act_layer`` (or,
+    for ``Scope.GRAPH``, ``act_graph``) hook of a subclass of ``base``. The engine makes one
+    ``config.handler()`` per stage and calls its hooks.
 
     Raises:
         ConfigError: if the name is taken or the class is already bound.
     """
 
-    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def decorator(fn: Callable[..., Any] | type[Handler]) -> Callable[..., Any] | type[Handler]:
         if name in _METHODS:
             raise ConfigError(f"method '{name}' is already registered")
         if "handler" in vars(config_cls) and config_cls.handler is not None:
             raise ConfigError(f"{config_cls.__name__} is already bound to a handler")
-        config_cls.handler = staticmethod(fn)
+        if isinstance(fn, type) and issubclass(fn, Handler):
+            handler = fn
+        else:
+            hook = "act_graph" if config_cls.scope is Scope.GRAPH else "act_layer"
+            handler = type(f"{config_cls.__name__}Handler", (base,), {hook: staticmethod(fn), "__doc__": fn.__doc__})
+        config_cls.handler = handler
         _METHODS[name] = config_cls
         return fn
 

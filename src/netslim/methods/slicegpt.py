@@ -10,7 +10,9 @@ deleted: projections reading the stream lose input columns, projections writing 
 output rows, and the embeddings and LM head shrink with it. Because consecutive signals use
 different bases, each residual connection goes through a shortcut matrix ``Q_a^T Q_b``
 (:class:`netslim.models.sliced.SlicedDecoderLayer`). Each basis is computed on the outputs
-of the already sliced blocks before it, as in the paper.
+of the already sliced blocks before it, as in the paper: the engine's pass feeds each block
+the outputs of the sliced blocks before it, and gathers the Gram matrices of its signals
+(``Stat.GRAM``: the block input, the input of the MLP norm, the block output).
 
 ``ratio`` is the fraction of the hidden dimension removed, not of the parameters: the
 shortcut matrices add ``2 k^2`` parameters per block, and a tied LM head is untied.
@@ -27,16 +29,18 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from netslim.data.windows import TokenWindows
-from netslim.engine.capture import BlockCall, capture_block_inputs, run_block
+from netslim.engine.records import RunLog
 from netslim.engine.stats import Stat
+from netslim.engine.step import INPUT, OUTPUT, BlockStep
 from netslim.errors import ConfigError
 from netslim.eval.size import count_params
-from netslim.methods.base import MethodConfig, ModelShape, Scope
+from netslim.methods.base import Handler, MethodConfig, ModelShape, Scope
 from netslim.methods.registry import register_method
 from netslim.models import rotate
 from netslim.models.adapter import ModelAdapter
-from netslim.ops.rotation import gram, pca_basis, sliced_width
+from netslim.ops.rotation import pca_basis, sliced_width
+
+GRAM = frozenset({Stat.GRAM})
 
 
 class SliceGPTConfig(MethodConfig):
@@ -53,8 +57,8 @@ class SliceGPTConfig(MethodConfig):
     round_to: int = Field(default=8, ge=1)
     damp: float = Field(default=0.01, ge=0.0)
 
-    scope: ClassVar[Scope] = Scope.MODEL
-    needs: ClassVar[frozenset[Stat]] = frozenset({Stat.HESSIAN})
+    scope: ClassVar[Scope] = Scope.BLOCK
+    needs: ClassVar[frozenset[Stat]] = GRAM
 
     @model_validator(mode="after")
     def _whole_model(self) -> SliceGPTConfig:
@@ -77,65 +81,43 @@ class SliceGPTConfig(MethodConfig):
         return sliced_width(hidden_size, self.ratio, self.round_to)
 
 
-def _basis(signal: torch.Tensor, cfg: SliceGPTConfig, width: int) -> torch.Tensor:
-    """First ``width`` principal directions of ``signal`` (..., d), as (d, width) float64."""
-    return pca_basis(gram(signal), cfg.damp)[1][:, :width]
-
-
-def _project(signal: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    return (signal.double() @ basis).to(signal.dtype)
-
-
-@torch.no_grad()
-def _attend(block: torch.nn.Module, hidden: torch.Tensor, call: BlockCall) -> torch.Tensor:
-    """The mid-block signal of every window (block keyword arguments go to attention)."""
-    return torch.cat([block.attend(hidden[i : i + 1], **call.kwargs) for i in range(hidden.shape[0])])
-
-
-def _slice_block(
-    adapter: ModelAdapter,
-    index: int,
-    hidden: torch.Tensor,
-    basis_in: torch.Tensor,
-    call: BlockCall,
-    cfg: SliceGPTConfig,
-) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Slice block ``index`` whose input ``hidden`` is already in ``basis_in``.
-
-    Returns:
-        ``(output, basis_out, record)``: the block output in its new basis, that basis, and
-        the per-block log entry.
-    """
-    width = cfg.width(adapter.hidden_size)
-    block = rotate.wrap_block(adapter, index, basis_in)
-    basis_mid = _basis(_attend(block, hidden, call), cfg, width)
-    rotate.rotate_mid(adapter, block, basis_mid)
-    output = run_block(block, hidden, call)  # still in the original basis
-    basis_out = _basis(output, cfg, width)
-    rotate.rotate_output_basis(adapter, block, basis_out)
-    dims = {"d_in": basis_in.shape[1], "d_mid": width, "d_out": width}
-    params = count_params(block)
-    return _project(output, basis_out), basis_out, {**dims, "params": params}
+def _basis(xtx: torch.Tensor, cfg: SliceGPTConfig, width: int) -> torch.Tensor:
+    """First ``width`` principal directions of a signal with Gram matrix ``xtx``, (d, width) float64."""
+    return pca_basis(xtx, cfg.damp)[1][:, :width]
 
 
 @register_method("slicegpt", SliceGPTConfig)
-def slicegpt(adapter: ModelAdapter, calibration: TokenWindows | None, cfg: SliceGPTConfig, log) -> None:
-    """Fuse norms, then rotate and slice the embeddings, every block and the LM head.
+class SliceGPTHandler(Handler):
+    """Start: fuse the norms and rotate the embeddings into the basis of block 0's input;
+    act: rotate and slice each block; finish: rotate the LM head into the last basis."""
 
-    Raises:
-        UnsupportedModelError: for families whose blocks cannot be rotated exactly.
-        ConfigError: without calibration data.
-    """
-    rotate.check_sliceable(adapter)
-    if calibration is None:
-        raise ConfigError("slicegpt needs calibration data; pass calibration windows")
-    width = cfg.width(adapter.hidden_size)
-    rotate.fuse_norms(adapter)
-    hidden, calls = capture_block_inputs(adapter, calibration.ids)
-    basis = _basis(hidden, cfg, width)
-    rotate.rotate_embeddings(adapter, basis)
-    hidden = _project(hidden, basis)
-    for index in range(adapter.num_blocks):
-        hidden, basis, record = _slice_block(adapter, index, hidden, basis, calls[index], cfg)
-        log.add(adapter.block_name(index), adapter.blocks[index], "slicegpt", record)
-    rotate.rotate_head(adapter, basis)
+    def start(self, cfg: SliceGPTConfig, step: BlockStep) -> bool:
+        """Fuse every norm into its readers, then rotate and slice the embeddings.
+
+        Raises:
+            UnsupportedModelError: for families whose blocks cannot be rotated exactly.
+        """
+        adapter = step.adapter
+        rotate.check_sliceable(adapter)
+        self.width = cfg.width(adapter.hidden_size)
+        rotate.fuse_norms(adapter)
+        self.basis = _basis(step.signals({INPUT: GRAM})[INPUT].gram, cfg, self.width)
+        rotate.rotate_embeddings(adapter, self.basis)
+        return True
+
+    def act_block(self, cfg: SliceGPTConfig, step: BlockStep) -> None:
+        """Wrap the block with shortcuts, then rotate its mid-block signal and its output into
+        their principal bases, each measured with the rotations before it in place."""
+        adapter, width = step.adapter, self.width
+        d_in = self.basis.shape[1]
+        block = rotate.wrap_block(adapter, step.index, self.basis)
+        mid = block.parts[2]  # the MLP norm reads the mid-block signal
+        rotate.rotate_mid(adapter, block, _basis(step.signals({mid: GRAM})[mid].gram, cfg, width))
+        self.basis = _basis(step.signals({OUTPUT: GRAM})[OUTPUT].gram, cfg, width)
+        rotate.rotate_output_basis(adapter, block, self.basis)
+        step.record(step.name, block, cfg.method, {"d_in": d_in, "d_mid": width, "d_out": width,
+                                                   "params": count_params(block)})
+
+    def finish(self, cfg: SliceGPTConfig, adapter: ModelAdapter, log: RunLog) -> None:
+        """The LM head reads the last block's output basis."""
+        rotate.rotate_head(adapter, self.basis)

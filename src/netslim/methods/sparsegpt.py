@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 
 from netslim.engine.stats import LayerStats, Stat
 from netslim.methods.base import LayerView
-from netslim.methods.pruning import PruningConfig
+from netslim.methods.pruning import PruningConfig, PruningHandler
 from netslim.methods.registry import register_method
 from netslim.methods.rtn import install_quantized
 from netslim.ops.hessian import fix_dead_inputs, inverse_cholesky
@@ -107,7 +107,7 @@ def sparsegpt_prune(
     return SparseGPTResult(work, qweight, loss, factor.fallback.value, factor.damp)
 
 
-@register_method("sparsegpt", SparseGPTConfig)
+@register_method("sparsegpt", SparseGPTConfig, base=PruningHandler)
 def sparsegpt(layer: LayerView, stats: LayerStats, cfg: SparseGPTConfig) -> dict:
     """Prune (and optionally quantize) the layer, writing the reconstructed weights."""
     sparsity = cfg.sparsity_for(layer.block_index)

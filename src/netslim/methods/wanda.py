@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 
 from netslim.engine.stats import LayerStats, Stat
 from netslim.methods.base import LayerView
-from netslim.methods.pruning import PruningConfig, apply_scores
+from netslim.methods.pruning import PruningConfig, PruningHandler, apply_scores
 from netslim.methods.registry import register_method
 
 
@@ -28,7 +28,7 @@ class WandaConfig(PruningConfig):
     needs: ClassVar[frozenset[Stat]] = frozenset({Stat.ACT_NORM})
 
 
-@register_method("wanda", WandaConfig)
+@register_method("wanda", WandaConfig, base=PruningHandler)
 def wanda(layer: LayerView, stats: LayerStats, cfg: WandaConfig) -> dict:
     """Score = |W| * ||X||, broadcast over output rows."""
     scores = layer.weight.abs().float() * stats.act_norm.to(layer.weight.device).unsqueeze(0)

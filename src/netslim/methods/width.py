@@ -35,11 +35,11 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from netslim.data.windows import TokenWindows
-from netslim.engine.capture import capture_block_inputs, run_block
+from netslim.engine.records import RunLog
 from netslim.engine.stats import Stat
+from netslim.engine.step import BlockStep
 from netslim.errors import ConfigError
-from netslim.methods.base import MethodConfig, ModelShape, Scope
+from netslim.methods.base import Handler, MethodConfig, ModelShape, Scope, Sweep
 from netslim.methods.registry import register_method
 from netslim.models import surgery
 from netslim.models.adapter import ModelAdapter
@@ -78,8 +78,7 @@ class WidthConfig(MethodConfig):
     block_units: tuple[int, ...] | None = None
     block_neurons: tuple[int, ...] | None = None
 
-    scope: ClassVar[Scope] = Scope.MODEL
-    needs: ClassVar[frozenset[Stat]] = frozenset({Stat.ACT_NORM})
+    scope: ClassVar[Scope] = Scope.BLOCK
 
     @model_validator(mode="after")
     def _whole_model(self) -> WidthConfig:
@@ -106,6 +105,18 @@ class WidthConfig(MethodConfig):
         """Whether bias compensation is applied."""
         return self.score == "flap" if self.compensate is None else self.compensate
 
+    @property
+    def sweep_needs(self) -> frozenset[Stat]:
+        """What the planning sweep gathers: output projections' input moments for the
+        activation scores and the compensation bias, gradients for ``taylor``."""
+        needs = {Stat.MOMENTS} if self.score in ("wanda", "flap") or self.compensates else set()
+        return frozenset(needs | ({Stat.GRADIENT} if self.score == "taylor" else set()))
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Every score but ``magnitude`` without compensation reads calibration data."""
+        return bool(self.sweep_needs)
+
 
 @dataclass
 class BlockScores:
@@ -128,46 +139,6 @@ class BlockScores:
     params: int
 
 
-def _channel_stats(adapter: ModelAdapter, calibration: TokenWindows) -> list[tuple[S.ChannelStats, S.ChannelStats]]:
-    """Per block: input moments of the attention and MLP output projections (dense pass)."""
-    hidden, calls = capture_block_inputs(adapter, calibration.ids)
-    result = []
-    for index in range(adapter.num_blocks):
-        pair = []
-        handles = []
-        for path in (adapter.spec.attn_out, adapter.spec.mlp_out):
-            module = adapter.block_part(index, path)
-            acc = S.ChannelStats.zeros(module.in_features)
-            handles.append(module.register_forward_hook(lambda _m, inp, _o, acc=acc: acc.add(inp[0])))
-            pair.append(acc)
-        try:
-            hidden = run_block(adapter.blocks[index], hidden, calls[index])
-        finally:
-            for handle in handles:
-                handle.remove()
-        result.append(tuple(pair))
-    return result
-
-
-def _taylor_grads(adapter: ModelAdapter, calibration: TokenWindows, windows: int) -> dict[str, torch.Tensor]:
-    """Summed ``dL/dW`` of every block projection over the first ``windows`` windows."""
-    linears = {n: m for i in range(adapter.num_blocks) for n, m in adapter.block_linears(i).items()}
-    flags = {n: p.requires_grad for n, p in adapter.model.named_parameters()}
-    adapter.model.requires_grad_(False)
-    for module in linears.values():
-        module.weight.requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            for row in calibration.ids[:windows]:
-                ids = row.unsqueeze(0).to(adapter.device)
-                adapter.model(ids, labels=ids, use_cache=False).loss.backward()
-        return {n: m.weight.grad.detach().clone() for n, m in linears.items()}
-    finally:
-        for name, param in adapter.model.named_parameters():
-            param.grad = None
-            param.requires_grad_(flags.get(name, True))
-
-
 def _channel_scores(adapter, index, cfg, stats, grads, part: Literal["attn", "mlp"]) -> torch.Tensor:
     """Score per input channel of block ``index``'s attention or MLP output projection."""
     spec = adapter.spec
@@ -181,8 +152,8 @@ def _channel_scores(adapter, index, cfg, stats, grads, part: Literal["attn", "ml
     if cfg.score == "flap":
         return S.fluctuation_scores(w_out, stats)
     prefix = adapter.block_name(index)
-    pairs = [(w_out, grads[f"{prefix}.{out_path}"], 1)]
-    pairs += [(w, grads[f"{prefix}.{p}"], 0) for w, p in zip(w_ins, in_paths)]
+    pairs = [(w_out, grads[f"{prefix}.{out_path}"].grad, 1)]
+    pairs += [(w, grads[f"{prefix}.{p}"].grad, 0) for w, p in zip(w_ins, in_paths)]
     return S.taylor_scores(pairs)
 
 
@@ -259,20 +230,38 @@ def _cut_block(adapter, index, s: BlockScores, n_units: int, n_neurons: int, sta
 
 
 @register_method("width", WidthConfig)
-def width(adapter: ModelAdapter, calibration: TokenWindows | None, cfg: WidthConfig, log) -> WidthConfig:
-    """Score every block on the dense model, allocate the removals, then cut; return the
-    config with the per-block counts it removed."""
-    surgery.check_width_supported(adapter)
-    data_needed = cfg.score in ("wanda", "flap", "taylor") or cfg.compensates
-    if data_needed and calibration is None:
-        raise ConfigError(f"width pruning with score '{cfg.score}' needs calibration data; pass calibration windows")
-    stats = _channel_stats(adapter, calibration) if cfg.score in ("wanda", "flap") or cfg.compensates else None
-    grads = _taylor_grads(adapter, calibration, cfg.taylor_windows) if cfg.score == "taylor" else None
-    scores = [_block_scores(adapter, i, cfg, stats and stats[i], grads) for i in range(adapter.num_blocks)]
-    plan = _plan(scores, cfg)
-    for index, (units, neurons) in enumerate(plan):
-        extra = _cut_block(adapter, index, scores[index], units, neurons, stats and stats[index], cfg)
+class WidthHandler(Handler):
+    """Plan: score every block on the model as it enters the stage and allocate the removals;
+    act: cut each block; finish: write the new widths into the config."""
+
+    def plan(self, cfg: WidthConfig, adapter: ModelAdapter, sweep: Sweep | None) -> WidthConfig:
+        """Scores of every block (one sweep of the dense model) and the per-block counts,
+        returned in the config (``block_units``, ``block_neurons``)."""
+        surgery.check_width_supported(adapter)
+        needs = cfg.sweep_needs
+        if needs and sweep is None:
+            raise ConfigError(f"width pruning with score '{cfg.score}' needs calibration data; pass calibration windows")
+        self.moments: list[tuple | None] = [None] * adapter.num_blocks  # (attention, MLP) output inputs
+        grads: list[dict | None] = [None] * adapter.num_blocks
+        if needs:
+            outputs = (adapter.spec.attn_out, adapter.spec.mlp_out)
+            for index, block in sweep(needs, gradient_windows=cfg.taylor_windows):
+                prefix = adapter.block_name(index)
+                if Stat.MOMENTS in needs:
+                    self.moments[index] = tuple(block.layers[f"{prefix}.{path}"].moments for path in outputs)
+                grads[index] = block.layers if Stat.GRADIENT in needs else None
+        self.scores = [_block_scores(adapter, i, cfg, self.moments[i], grads[i]) for i in range(adapter.num_blocks)]
+        plan = _plan(self.scores, cfg)
+        return cfg.model_copy(update={"block_units": tuple(u for u, _ in plan), "block_neurons": tuple(n for _, n in plan)})
+
+    def act_block(self, cfg: WidthConfig, step: BlockStep) -> None:
+        """Cut the block's planned heads and neurons."""
+        adapter, index = step.adapter, step.index
+        units, neurons = cfg.block_units[index], cfg.block_neurons[index]
+        extra = _cut_block(adapter, index, self.scores[index], units, neurons, self.moments[index], cfg)
         for name, module in adapter.block_linears(index).items():
-            log.add(name, module, cfg.method, extra if name.endswith(adapter.spec.attn_out) else None)
-    surgery.sync_config(adapter)
-    return cfg.model_copy(update={"block_units": tuple(u for u, _ in plan), "block_neurons": tuple(n for _, n in plan)})
+            step.record(name, module, cfg.method, extra if name.endswith(adapter.spec.attn_out) else None)
+
+    def finish(self, cfg: WidthConfig, adapter: ModelAdapter, log: RunLog) -> None:
+        """The config states the new per-block widths."""
+        surgery.sync_config(adapter)

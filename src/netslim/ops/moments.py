@@ -4,9 +4,8 @@ One accumulator serves every method that reads calibration activations:
 
 - the engine's per-layer input statistics (:mod:`netslim.engine.stats`: Wanda's and OWL's
   ``||X_j||``, the ``X^T X`` of GPTQ, SparseGPT and SVD-LLM), float32 on the block's device;
-- the per-channel mean and variance of FLAP (:class:`netslim.ops.structured.ChannelStats`),
-  float64 on the CPU;
-- SliceGPT's ``X^T X`` of a whole residual signal (:func:`netslim.ops.rotation.gram`),
+- the per-channel mean and variance of FLAP (``Stat.MOMENTS``), float64 on the CPU;
+- SliceGPT's ``X^T X`` of a whole residual signal (``Stat.GRAM``, :func:`netslim.ops.rotation.gram`),
   products of chunks in float32 summed in float64.
 
 Activations of any shape ``(..., width)`` are flattened to tokens. Nothing here sees a model.
@@ -31,7 +30,9 @@ class Moments:
             ``dtype``).
         chunk: With a ``compute_dtype`` narrower than ``dtype``: ``X^T X`` is formed ``chunk``
             tokens at a time in ``compute_dtype`` and each product is summed in ``dtype``, so
-            long streams keep the precision of the sum. ``None``: one fused ``addmm_`` per call.
+            long streams keep the precision of the sum. Chunks are counted over the whole
+            stream (rows are held until a chunk is full), so the result does not depend on
+            how the stream is split into calls. ``None``: one fused ``addmm_`` per call.
     """
 
     def __init__(
@@ -53,7 +54,9 @@ class Moments:
         zeros = {"dtype": dtype, "device": self.device}
         self.total = torch.zeros(width, **zeros) if mean else None
         self.sq_sum = torch.zeros(width, **zeros) if squares else None
-        self.xtx = torch.zeros(width, width, **zeros) if gram else None
+        self._xtx = torch.zeros(width, width, **zeros) if gram else None
+        self._pending: list[torch.Tensor] = []  # rows not yet in a full chunk of X^T X
+        self._pending_rows = 0
 
     def add(self, x: torch.Tensor) -> None:
         """Add activations of shape (..., width)."""
@@ -63,12 +66,34 @@ class Moments:
             self.total += x.sum(0)
         if self.sq_sum is not None:
             self.sq_sum += x.square().sum(dim=0)
-        if self.xtx is not None:
+        if self._xtx is not None:
             if self.chunk is None:
-                self.xtx.addmm_(x.t(), x)
+                self._xtx.addmm_(x.t(), x)
             else:
-                for part in x.split(self.chunk):
-                    self.xtx += (part.t() @ part).to(self.xtx.dtype)
+                self._pending.append(x)
+                self._pending_rows += x.shape[0]
+                if self._pending_rows >= self.chunk:
+                    self._flush()
+
+    def _flush(self) -> None:
+        """Add the pending rows' whole chunks to ``X^T X``, chunks counted from the first row
+        ever added, so the sum does not depend on how the stream was split into calls."""
+        rows = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
+        keep = rows.shape[0] % self.chunk
+        for part in rows[: rows.shape[0] - keep].split(self.chunk):
+            self._xtx += (part.t() @ part).to(self._xtx.dtype)
+        self._pending = [rows[rows.shape[0] - keep :]] if keep else []
+        self._pending_rows = keep
+
+    @property
+    def xtx(self) -> torch.Tensor | None:
+        """``X^T X`` of every row added so far (``None`` unless asked for with ``gram``); with
+        ``chunk``, the rows of an unfinished chunk are added to a copy, so reading it early
+        changes nothing."""
+        if self._xtx is None or not self._pending:
+            return self._xtx
+        part = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
+        return self._xtx + (part.t() @ part).to(self._xtx.dtype)
 
     @property
     def mean(self) -> torch.Tensor:

@@ -18,22 +18,6 @@ import torch
 from netslim.ops.moments import Moments
 
 
-class ChannelStats(Moments):
-    """First and second moments of the inputs of an output projection, per channel (float64, CPU).
-
-    :attr:`mean`, :attr:`norm` and :attr:`variance` (FLAP's fluctuation) are those of
-    :class:`~netslim.ops.moments.Moments`.
-    """
-
-    def __init__(self, channels: int):
-        super().__init__(channels, mean=True, dtype=torch.float64)
-
-    @classmethod
-    def zeros(cls, channels: int) -> ChannelStats:
-        """Empty accumulators for ``channels`` input channels."""
-        return cls(channels)
-
-
 def magnitude_scores(w_out: torch.Tensor, w_ins: list[torch.Tensor]) -> torch.Tensor:
     """L2 norm of every weight of a channel: its output column and its input rows.
 
@@ -47,12 +31,12 @@ def magnitude_scores(w_out: torch.Tensor, w_ins: list[torch.Tensor]) -> torch.Te
     return sq.sqrt()
 
 
-def wanda_scores(w_out: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
+def wanda_scores(w_out: torch.Tensor, stats: Moments) -> torch.Tensor:
     """Activation-weighted column magnitude: ``||X_j|| * sum_i |W_ij|`` (Wanda, per channel)."""
     return stats.norm.float() * w_out.float().abs().sum(0)
 
 
-def fluctuation_scores(w_out: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
+def fluctuation_scores(w_out: torch.Tensor, stats: Moments) -> torch.Tensor:
     """FLAP's fluctuation metric: ``Var(X_j) * ||W_:,j||^2``.
 
     A channel whose input barely varies can be replaced by its mean, which bias compensation

@@ -1,0 +1,88 @@
+"""The statistics-only sweep: every block's statistics on the model as it is, changing nothing.
+
+Planning hooks (:meth:`netslim.methods.base.Handler.plan`) get :func:`iter_block_stats` bound to
+the model and its calibration windows. Besides the per-layer input statistics of the
+sequential pass, a sweep gathers what only a whole-model view gives: the gradients of every
+block projection (``Stat.GRADIENT``, one backward per window), the cosine similarity of each
+block's input and output (``Stat.BLOCK_COSINE``) and the calibration loss with each block
+skipped (``Stat.SKIP_LOSS``, costs the blocks after it once more per block).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from netslim.data.windows import TokenWindows
+from netslim.engine.capture import capture_block_inputs, run_block
+from netslim.engine.records import RunLog
+from netslim.engine.stats import LAYER_STATS, BlockStats, LayerStats, Stat
+from netslim.engine.step import BlockStep
+from netslim.models.adapter import ModelAdapter
+
+
+@torch.no_grad()
+def iter_block_stats(
+    adapter: ModelAdapter,
+    calibration: TokenWindows,
+    needs: frozenset[Stat],
+    windows: int | None = None,
+    gradient_windows: int | None = None,
+) -> Iterator[tuple[int, BlockStats]]:
+    """Each block's index and its :class:`BlockStats`, without changing the model.
+
+    The blocks see the calibration data as the current model propagates it; one block's
+    statistics are freed when the next is read.
+
+    Args:
+        needs: The statistics to gather.
+        windows: Use only the first ``windows`` calibration windows (default: all).
+        gradient_windows: Windows whose loss is differentiated for ``Stat.GRADIENT``
+            (default: those of the sweep).
+    """
+    ids = calibration.ids if windows is None else calibration.ids[:windows]
+    grads = gradients(adapter, ids[:gradient_windows]) if Stat.GRADIENT in needs else None
+    hidden, calls = capture_block_inputs(adapter, ids)
+    layer_needs = needs & LAYER_STATS
+    for index in range(adapter.num_blocks):
+        step = BlockStep(adapter, index, hidden, calls[index], RunLog())
+        layers, output = step.layer_stats(adapter.block_input_groups(index), layer_needs, grads)
+        if grads is not None and not layers:
+            layers = {name: LayerStats(None, grads[name]) for name in adapter.block_linears(index)}
+        output = step.output() if output is None else output
+        stats = BlockStats(layers)
+        if Stat.BLOCK_COSINE in needs:
+            stats.cosine = float(F.cosine_similarity(hidden.float().flatten(0, 1), output.float().flatten(0, 1), dim=-1).mean())
+        if Stat.SKIP_LOSS in needs:
+            stats.skip_loss = _skip_loss(adapter, hidden, calls, index, ids)
+        yield index, stats
+        hidden = output
+
+
+def gradients(adapter: ModelAdapter, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``sum dL/dW`` of every block projection over the windows ``ids`` (one backward each)."""
+    linears = {n: m for i in range(adapter.num_blocks) for n, m in adapter.block_linears(i).items()}
+    flags = {n: p.requires_grad for n, p in adapter.model.named_parameters()}
+    adapter.model.requires_grad_(False)
+    for module in linears.values():
+        module.weight.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            for row in ids:
+                window = row.unsqueeze(0).to(adapter.device)
+                adapter.model(window, labels=window, use_cache=False).loss.backward()
+        return {n: m.weight.grad.detach().clone() for n, m in linears.items()}
+    finally:
+        for name, param in adapter.model.named_parameters():
+            param.grad = None
+            param.requires_grad_(flags.get(name, True))
+
+
+def _skip_loss(adapter: ModelAdapter, hidden: torch.Tensor, calls: list, skipped: int, ids: torch.Tensor) -> float:
+    """Mean next-token NLL of ``ids`` when block ``skipped`` (entered by ``hidden``) is bypassed."""
+    for index in range(skipped + 1, adapter.num_blocks):
+        hidden = run_block(adapter.blocks[index], hidden, calls[index])
+    logits = adapter.lm_head(adapter.final_norm(hidden))[:, :-1].float()
+    return float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten().to(logits.device)))
