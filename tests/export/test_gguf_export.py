@@ -29,7 +29,7 @@ _HF_LOGITS = textwrap.dedent("""
     import sys, torch
     from transformers import AutoModelForCausalLM
     ids_file, *files = sys.stdin.read().split()  # sent once written: the imports above overlap the writing
-    ids = torch.load(ids_file)
+    ids = torch.load(ids_file, weights_only=True)
     for file in files:
         path = __import__("pathlib").Path(file)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
@@ -51,7 +51,7 @@ def _hf_logits(files: list[Path], ids: torch.Tensor = IDS, process: subprocess.P
     torch.save(ids, ids_file)
     _, stderr = process.communicate(" ".join(map(str, [ids_file, *files])), timeout=300)
     assert process.returncode == 0, stderr[-3000:]
-    return [torch.load(f"{f}.logits.pt") for f in files]
+    return [torch.load(f"{f}.logits.pt", weights_only=True) for f in files]
 
 
 def _fields(path: Path) -> dict:

@@ -166,7 +166,7 @@ def _wide_llama(tied: bool = False):
 _HF_LOGITS = textwrap.dedent("""
     import sys, pathlib, torch
     from transformers import AutoModelForCausalLM
-    path, ids = pathlib.Path(sys.argv[1]), torch.load(sys.argv[2])
+    path, ids = pathlib.Path(sys.argv[1]), torch.load(sys.argv[2], weights_only=True)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     with torch.no_grad():
         torch.save(model(ids).logits, sys.argv[3])
@@ -220,7 +220,7 @@ def test_embeddings_and_head_types_load_in_transformers(tmp_path):
         decoded = _decoded_model(model, path)(IDS).logits
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
-    got = torch.load(logits_file)
+    got = torch.load(logits_file, weights_only=True)
     torch.testing.assert_close(got, decoded, atol=1e-4, rtol=1e-4)  # transformers reads what we decode
     # Quantization error itself: measured 0.125 relative (Frobenius) on this random model, max 0.155 abs.
     assert (got - want).norm() / want.norm() < 0.2
