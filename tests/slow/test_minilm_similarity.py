@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -62,4 +65,10 @@ def test_minilm_through_the_compress_job(monkeypatch, tmp_path):
     loaded = netslim.load(out)
     batch = loaded.tokenizer(["the pruned encoder reloads"], return_tensors="pt")
     with torch.no_grad():
-        assert torch.equal(loaded.model(**batch).last_hidden_state, result.model(**batch).last_hidden_state)
+        expected = result.model(**batch).last_hidden_state
+        assert torch.equal(loaded.model(**batch).last_hidden_state, expected)
+    # and in a new process, as a user would
+    code = ("import sys, torch, netslim; m = netslim.load(sys.argv[1]); b = m.tokenizer(['the pruned encoder reloads'], "
+            "return_tensors='pt')\nwith torch.no_grad(): torch.save(m.model(**b).last_hidden_state, sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "h.pt")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert torch.equal(torch.load(tmp_path / "h.pt", weights_only=True), expected)

@@ -83,9 +83,8 @@ class LayerRecord:
 
     def update(self, values: dict[str, Any]) -> None:
         """Set the named fields; names that are not fields go to :attr:`extra`."""
-        known = _FIELDS
         for key, value in values.items():
-            if key in known:
+            if key in _FIELDS:
                 setattr(self, key, value)
             else:
                 self.extra[key] = value

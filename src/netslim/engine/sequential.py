@@ -158,7 +158,8 @@ def _run_pass(
     stages = [h.plan(cfg, adapter, sweep) for h, cfg in zip(handlers, stages)]
     hidden, calls = capture_block_inputs(adapter, calibration.ids) if needs_data else (None, [None] * adapter.num_blocks)
     first = BlockStep(adapter, 0, hidden, calls[0], log)
-    if any([h.start(cfg, first) for h, cfg in zip(handlers, stages)]) and needs_data:
+    changed = [h.start(cfg, first) for h, cfg in zip(handlers, stages)]  # every start hook runs
+    if any(changed) and needs_data:
         hidden, _ = capture_block_inputs(adapter, calibration.ids, record_calls=False)
     start = 0
     if checkpoint is not None:

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from netslim.ops.moments import Moments
-
-GRAM_CHUNK = 4096  # tokens per float32 product summed in float64 (Stat.GRAM)
+from netslim.ops.rotation import gram_accumulator
 
 
 class Stat(str, enum.Enum):
@@ -55,8 +54,7 @@ class InputStats:
     def __init__(self, in_features: int, needs: frozenset[Stat], device: torch.device | str = "cpu"):
         self.fp32 = Moments(in_features, gram=Stat.HESSIAN in needs, device=device)
         self.fp64 = Moments(in_features, mean=True, dtype=torch.float64) if Stat.MOMENTS in needs else None
-        self.signal = (Moments(in_features, squares=False, gram=True, dtype=torch.float64, device=device,
-                               compute_dtype=torch.float32, chunk=GRAM_CHUNK) if Stat.GRAM in needs else None)
+        self.signal = gram_accumulator(in_features, device) if Stat.GRAM in needs else None
 
     def add(self, x: torch.Tensor) -> None:
         """Add activations of shape (..., in_features)."""

@@ -57,25 +57,28 @@ class BlockStep:
         self.log.add(name, module, method, values)
 
     def signals(self, points: Mapping[str, frozenset[Stat]]) -> dict[str, LayerStats]:
-        """Statistics of signals of the block over the calibration states, from one forward.
+        """Statistics of signals of the block over the calibration states.
 
         Args:
-            points: ``"input"`` (what enters the block), ``"output"`` (what leaves it) or the
-                path of a child module inside the block (its input), each with the statistics
-                to gather.
+            points: ``"input"`` (what enters the block: read from the states, no forward),
+                ``"output"`` (what leaves it) or the path of a child module inside the block
+                (its input), each with the statistics to gather. The block runs once, with
+                hooks, if any point lies inside it or after it.
         """
         block = self.block
         accumulators: dict[str, _Lazy] = {}
         handles = []
         for point, needs in points.items():
             acc = accumulators[point] = _Lazy(needs, self.hidden.device)
-            if point == OUTPUT:
+            if point == INPUT:
+                acc.add_input(block, (self.hidden,))
+            elif point == OUTPUT:
                 handles.append(block.register_forward_hook(acc.add_output))
             else:
-                target = block if point == INPUT else block.get_submodule(point)
-                handles.append(target.register_forward_pre_hook(acc.add_input))
+                handles.append(block.get_submodule(point).register_forward_pre_hook(acc.add_input))
         try:
-            run_block(block, self.hidden, self.call)
+            if handles:
+                run_block(block, self.hidden, self.call)
         finally:
             for handle in handles:
                 handle.remove()

@@ -15,14 +15,19 @@ from netslim.ops.hessian import dampen
 from netslim.ops.moments import Moments
 
 
-def gram(x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """``X^T X`` of activations (..., d) in float64, shape (d, d).
+GRAM_CHUNK = 4096  # tokens per float32 product summed in float64
 
-    Products of ``chunk`` tokens are formed in float32 (fast) and summed in float64, so long
-    calibration sets do not lose precision in the sum.
-    """
-    acc = Moments(x.shape[-1], squares=False, gram=True, dtype=torch.float64, device=x.device,
-                  compute_dtype=torch.float32, chunk=chunk)
+
+def gram_accumulator(width: int, device: torch.device | str = "cpu", chunk: int = GRAM_CHUNK) -> Moments:
+    """An accumulator of ``X^T X`` of a whole signal: products of ``chunk`` tokens formed in
+    float32 (fast) and summed in float64, so long calibration sets keep the precision of the sum."""
+    return Moments(width, squares=False, gram=True, dtype=torch.float64, device=device,
+                   compute_dtype=torch.float32, chunk=chunk)
+
+
+def gram(x: torch.Tensor, chunk: int = GRAM_CHUNK) -> torch.Tensor:
+    """``X^T X`` of activations (..., d) in float64, shape (d, d) (see :func:`gram_accumulator`)."""
+    acc = gram_accumulator(x.shape[-1], x.device, chunk)
     acc.add(x)
     return acc.xtx
 
