@@ -114,28 +114,30 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> LoadedModel:
         f"hub model '{repo_id}' asks to run its own Python code (an auto_map), which netslim never does; "
         "use a model that transformers supports natively"
     )
-    try:
-        config = AutoConfig.from_pretrained(repo_id, trust_remote_code=False)
-    except OSError:
-        raise not_found from None
-    except ValueError as exc:
-        if _asks_for_custom_code(exc):
-            raise custom from None
-        raise UnsupportedModelError(
-            f"hub model '{repo_id}' is not supported ({_brief(exc)}); supported: {', '.join(_supported_model_types())}"
-        ) from None
+    def hub(load, other_error):
+        """Run one hub load; its errors as the one-line errors above (``other_error`` for the rest)."""
+        try:
+            return load()
+        except OSError:
+            raise not_found from None
+        except ValueError as exc:
+            if _asks_for_custom_code(exc):
+                raise custom from None
+            raise other_error(exc) from None
+
+    config = hub(lambda: AutoConfig.from_pretrained(repo_id, trust_remote_code=False),
+                 lambda exc: UnsupportedModelError(f"hub model '{repo_id}' is not supported ({_brief(exc)}); "
+                                                   f"supported: {', '.join(_supported_model_types())}"))
     if getattr(config, "auto_map", None):
         raise custom
     check_causal_lm(config, f"hub model '{repo_id}'")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=False)
-    except OSError:
-        raise not_found from None
-    except ValueError as exc:
-        if _asks_for_custom_code(exc):
-            raise custom from None
-        raise ModelFileError(f"could not load hub model '{repo_id}' ({_brief(exc)})") from exc
+
+    def weights_and_tokenizer():
+        return (AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype, trust_remote_code=False),
+                AutoTokenizer.from_pretrained(repo_id, trust_remote_code=False))
+
+    model, tokenizer = hub(weights_and_tokenizer,
+                           lambda exc: ModelFileError(f"could not load hub model '{repo_id}' ({_brief(exc)})"))
     model.eval()
     return LoadedModel(model, tokenizer, repo_id)
 
