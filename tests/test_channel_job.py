@@ -115,3 +115,22 @@ def test_cli_errors(tiny_task, tmp_path, args, message):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
     assert not (tmp_path / "o").exists()
+
+
+def test_packed_format_of_a_graph_pruned_model_is_refused_before_work(tiny_task, tmp_path, monkeypatch):
+    def no_loading(_name):
+        raise AssertionError("the model was loaded before the format was checked")
+
+    monkeypatch.setattr("netslim.job.load_task", no_loading)
+    with pytest.raises(ConfigError, match="^tiny-mobile is stored as a dense pruned model; use --format auto or dense$"):
+        compress_job(tiny_task, {"method": "channels", "ratio": 0.3}, tmp_path / "o", storage_format="packed")
+    assert not (tmp_path / "o").exists()
+
+
+def test_save_refuses_packed_for_a_graph_pruned_result(tiny_task, tmp_path):
+    result = compress_job(tiny_task, {"method": "channels", "ratio": 0.3}, None)
+    with pytest.raises(ConfigError, match="stored as its plan and dense weights; use format auto or dense"):
+        netslim.save(result, tmp_path / "p", format="packed")
+    assert not (tmp_path / "p").exists()
+    netslim.save(result, tmp_path / "d")  # auto: the plan and its weights
+    assert (tmp_path / "d" / "slim_plan.json").is_file() and (tmp_path / "d" / "report.json").is_file()
