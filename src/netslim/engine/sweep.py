@@ -10,7 +10,7 @@ skipped (``Stat.SKIP_LOSS``, costs the blocks after it once more per block).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ def iter_block_stats(
     needs: frozenset[Stat],
     windows: int | None = None,
     gradient_windows: int | None = None,
+    layers: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[int, BlockStats]]:
     """Each block's index and its :class:`BlockStats`, without changing the model.
 
@@ -41,6 +42,9 @@ def iter_block_stats(
         windows: Use only the first ``windows`` calibration windows (default: all).
         gradient_windows: Windows whose loss is differentiated for ``Stat.GRADIENT``
             (default: those of the sweep).
+        layers: Gather input statistics only for the projections it accepts (by full name),
+            e.g. FLAP's output projections (default: every projection). Gradients cover every
+            projection.
     """
     ids = calibration.ids if windows is None else calibration.ids[:windows]
     grads = gradients(adapter, ids[:gradient_windows]) if Stat.GRADIENT in needs else None
@@ -48,11 +52,13 @@ def iter_block_stats(
     layer_needs = needs & LAYER_STATS
     for index in range(adapter.num_blocks):
         step = BlockStep(adapter, index, hidden, calls[index], RunLog())
-        layers, output = step.layer_stats(adapter.block_input_groups(index), layer_needs, grads)
-        if grads is not None and not layers:
-            layers = {name: LayerStats(None, grads[name]) for name in adapter.block_linears(index)}
+        groups = [g for g in adapter.block_input_groups(index) if layers is None or any(map(layers, g))]
+        found, output = step.layer_stats(groups, layer_needs, grads)
+        if grads is not None:  # a projection without input statistics still gets its gradient
+            for name in adapter.block_linears(index):
+                found.setdefault(name, LayerStats(None, grads[name]))
         output = step.output() if output is None else output
-        stats = BlockStats(layers)
+        stats = BlockStats(found)
         if Stat.BLOCK_COSINE in needs:
             stats.cosine = float(F.cosine_similarity(hidden.float().flatten(0, 1), output.float().flatten(0, 1), dim=-1).mean())
         if Stat.SKIP_LOSS in needs:

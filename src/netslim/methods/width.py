@@ -245,7 +245,8 @@ class WidthHandler(Handler):
         grads: list[dict | None] = [None] * adapter.num_blocks
         if needs:
             outputs = (adapter.spec.attn_out, adapter.spec.mlp_out)
-            for index, block in sweep(needs, gradient_windows=cfg.taylor_windows):
+            reads = tuple(f".{path}" for path in outputs)  # FLAP's moments: the output projections' inputs only
+            for index, block in sweep(needs, gradient_windows=cfg.taylor_windows, layers=lambda n: n.endswith(reads)):
                 prefix = adapter.block_name(index)
                 if Stat.MOMENTS in needs:
                     self.moments[index] = tuple(block.layers[f"{prefix}.{path}"].moments for path in outputs)
