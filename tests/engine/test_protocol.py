@@ -140,3 +140,14 @@ def test_report_round_trips_through_its_json_form():
     assert Report.from_dict(data).as_dict() == data
     with pytest.raises(ValueError):
         Report.from_dict({**data, "kind": "spaceship"})
+
+
+def test_sweep_layer_filter_keeps_input_statistics_to_the_chosen_projections(llama_model, token_windows):
+    adapter = ModelAdapter.from_model(llama_model)
+    chosen = lambda name: name.endswith(".o_proj")  # noqa: E731
+    _, block = next(iter_block_stats(adapter, token_windows, frozenset({Stat.MOMENTS, Stat.GRADIENT}),
+                                     gradient_windows=1, layers=chosen))
+    with_inputs = {name for name, stats in block.layers.items() if stats.n_tokens}
+    assert with_inputs == {f"{adapter.block_name(0)}.self_attn.o_proj"}
+    assert set(block.layers) == set(adapter.block_linears(0))  # every projection keeps its gradient
+    assert all(stats.grad.shape == adapter.model.get_submodule(n).weight.shape for n, stats in block.layers.items())
