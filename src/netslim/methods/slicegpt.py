@@ -111,7 +111,7 @@ class SliceGPTHandler(Handler):
         adapter, width = step.adapter, self.width
         d_in = self.basis.shape[1]
         block = rotate.wrap_block(adapter, step.index, self.basis)
-        mid = block.parts[2]  # the MLP norm reads the mid-block signal
+        mid = block.mid_reader
         rotate.rotate_mid(adapter, block, _basis(step.signals({mid: GRAM})[mid].gram, cfg, width))
         self.basis = _basis(step.signals({OUTPUT: GRAM})[OUTPUT].gram, cfg, width)
         rotate.rotate_output_basis(adapter, block, self.basis)

@@ -101,6 +101,11 @@ class SlicedDecoderLayer(nn.Module):
         self.attn_shortcut = nn.Parameter(attn_shortcut)
         self.mlp_shortcut = nn.Parameter(mlp_shortcut)
 
+    @property
+    def mid_reader(self) -> str:
+        """Path of the child that reads the mid-block signal (the MLP norm)."""
+        return self.parts[2]
+
     def attend(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
         """The mid-block signal: shortcut(x) + attention(norm(x)), shape (..., d_mid)."""
         attn_norm, attn, _, _ = (self.get_submodule(p) for p in self.parts)

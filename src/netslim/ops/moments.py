@@ -56,7 +56,6 @@ class Moments:
         self.sq_sum = torch.zeros(width, **zeros) if squares else None
         self._xtx = torch.zeros(width, width, **zeros) if gram else None
         self._pending: list[torch.Tensor] = []  # rows not yet in a full chunk of X^T X
-        self._pending_rows = 0
 
     def add(self, x: torch.Tensor) -> None:
         """Add activations of shape (..., width)."""
@@ -71,8 +70,7 @@ class Moments:
                 self._xtx.addmm_(x.t(), x)
             else:
                 self._pending.append(x)
-                self._pending_rows += x.shape[0]
-                if self._pending_rows >= self.chunk:
+                if sum(rows.shape[0] for rows in self._pending) >= self.chunk:
                     self._flush()
 
     def _flush(self) -> None:
@@ -83,7 +81,6 @@ class Moments:
         for part in rows[: rows.shape[0] - keep].split(self.chunk):
             self._xtx += (part.t() @ part).to(self._xtx.dtype)
         self._pending = [rows[rows.shape[0] - keep :]] if keep else []
-        self._pending_rows = keep
 
     @property
     def xtx(self) -> torch.Tensor | None:
