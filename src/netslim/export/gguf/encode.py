@@ -24,8 +24,7 @@ import numpy as np
 import torch
 
 from netslim.export.gguf.blocks import QK, block_type_for, pack_quantized, scales_fit_f16
-from netslim.export.gguf.floatquant import float_array
-from netslim.export.gguf.floatquant import storage_type
+from netslim.export.gguf.floatquant import float_array, storage_type
 from netslim.export.gguf.tensors import TensorSource, interleave_rotary_rows
 from netslim.nn.quantized import QuantizedLinear
 from netslim.ops.quant import group_width
