@@ -151,3 +151,16 @@ def test_sweep_layer_filter_keeps_input_statistics_to_the_chosen_projections(lla
     assert with_inputs == {f"{adapter.block_name(0)}.self_attn.o_proj"}
     assert set(block.layers) == set(adapter.block_linears(0))  # every projection keeps its gradient
     assert all(stats.grad.shape == adapter.model.get_submodule(n).weight.shape for n, stats in block.layers.items())
+
+
+def test_a_gradient_only_sweep_runs_no_block(llama_model, token_windows, monkeypatch):
+    import netslim.engine.sweep as sweep_module
+
+    def no_capture(*_a, **_k):
+        raise AssertionError("a gradient-only sweep captured block inputs")
+
+    monkeypatch.setattr(sweep_module, "capture_block_inputs", no_capture)
+    adapter = ModelAdapter.from_model(llama_model)
+    swept = list(iter_block_stats(adapter, token_windows, frozenset({Stat.GRADIENT}), gradient_windows=1))
+    assert [index for index, _ in swept] == [0, 1]
+    assert set(swept[1][1].layers) == set(adapter.block_linears(1))

@@ -48,8 +48,9 @@ def iter_block_stats(
     """
     ids = calibration.ids if windows is None else calibration.ids[:windows]
     grads = gradients(adapter, ids[:gradient_windows]) if Stat.GRADIENT in needs else None
-    hidden, calls = capture_block_inputs(adapter, ids)
     layer_needs = needs & LAYER_STATS
+    forward = bool(layer_needs or needs & {Stat.BLOCK_COSINE, Stat.SKIP_LOSS})  # gradients alone need no block pass
+    hidden, calls = capture_block_inputs(adapter, ids) if forward else (None, [None] * adapter.num_blocks)
     for index in range(adapter.num_blocks):
         step = BlockStep(adapter, index, hidden, calls[index], RunLog())
         groups = [g for g in adapter.block_input_groups(index) if layers is None or any(map(layers, g))]
@@ -57,7 +58,8 @@ def iter_block_stats(
         if grads is not None:  # a projection without input statistics still gets its gradient
             for name in adapter.block_linears(index):
                 found.setdefault(name, LayerStats(None, grads[name]))
-        output = step.output() if output is None else output
+        if forward and output is None:
+            output = step.output()
         stats = BlockStats(found)
         if Stat.BLOCK_COSINE in needs:
             stats.cosine = float(F.cosine_similarity(hidden.float().flatten(0, 1), output.float().flatten(0, 1), dim=-1).mean())
