@@ -72,3 +72,35 @@ def char_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def bpe_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE fast tokenizer trained in memory on a few sentences (the kind GGUF stores as ``gpt2``).
+
+    Its 256 byte tokens cover any text, so llama.cpp, which needs a real vocabulary, loads
+    exports of models that use it.
+    """
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    text = ["The quick brown fox jumps over the lazy dog.", "Small models run fast on a CPU.",
+            "Pruning removes weights; quantization stores them in fewer bits."] * 4
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(text, vocab_size=vocab_size, min_frequency=1, special_tokens=["<s>", "</s>"],
+                            show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>")
+
+
+def tiny_llama_with_bpe(seed: int = 0):
+    """``(model, tokenizer)``: a tiny random llama whose vocabulary is :func:`bpe_tokenizer`'s."""
+    tokenizer = bpe_tokenizer()
+    config = TINY_CONFIGS["llama"]()
+    config.vocab_size = len(tokenizer)
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    model = T.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval(), tokenizer

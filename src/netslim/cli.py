@@ -5,6 +5,7 @@
     netslim eval pruned/
     netslim info pruned/
     netslim export pruned/ --to gguf --out pruned.gguf
+    netslim bench pruned/ --runtime llama.cpp
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def _run(fn, *args, resumable: bool = False, **kwargs):
     "  netslim compress smollm2-135m --method magnitude --pattern 2:4 --out mag24/\n\n"
     "  netslim compress ./my-llama --recipe recipe.yaml --calib notes.txt --out slim/\n\n"
     "  netslim compress smollm2-135m --method gptq --set bits=4 --set group_size=128 --out q4/\n\n"
+    "  netslim compress smollm2-135m --method gptq --set gguf=q4_0 --out q4/   (llama.cpp's Q4_0 grid)\n\n"
     "  netslim compress efficientnet-lite0 --method channels --ratio 0.3 --set measure=macs --set importance=taylor --out lite/\n\n"
     "  netslim compress all-minilm-l6-v2 --method channels --ratio 0.3 --out minilm/"
 )
@@ -180,7 +182,8 @@ def export(
     type_: Annotated[str, typer.Option("--type", help="How float (dense or pruned) weights are stored: f32, f16, "
                                        "bf16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k or auto (f16). "
                                        "Quantized layers keep their codes in the GGUF block type of their grid "
-                                       "(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) where one exists. Rows that K-quants' "
+                                       "(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, or a K-quant for gptq/rtn with "
+                                       "gguf=q4_k etc.) where one exists. Rows that K-quants' "
                                        "256-weight blocks do not divide fall back (q4_k -> Q5_0, q6_k -> Q8_0, ...)."
                                        )] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists and netslim exported it.")] = False,
@@ -216,6 +219,57 @@ def export(
     console.print(f"  tokenizer: {tokenizer['source'] or 'none'}" + (f" ({tokenizer['note']})" if tokenizer.get("note") else ""))
     for note in summary["notes"]:
         console.print(f"  note: {note}")
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  netslim bench q4/\n\n"
+    "  netslim bench q4.gguf --runtime llama.cpp --threads 2 --out bench.json\n\n"
+    "  netslim bench width30/ --runtime llama.cpp --type q8_0\n\n"
+    "  netslim bench pruned/ --dense smollm2-135m --prompt-tokens 256 --new-tokens 32"
+)
+def bench(
+    model: Annotated[str, typer.Argument(help="A netslim output folder, a .gguf file, or any model netslim loads.")],
+    runtime: Annotated[str, typer.Option(help="torch (netslim's modules) or llama.cpp (needs "
+                                         "netslim[llamacpp]; other sources are exported to GGUF first).")] = "torch",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all torch uses).")] = None,
+    dense: Annotated[Optional[str], typer.Option(help="Dense model to time beside it (default: the source "
+                                                 "MODEL was made from).")] = None,
+    type_: Annotated[Optional[str], typer.Option("--type", help="llama.cpp: GGUF type for exporting what is not "
+                                                 "a .gguf file (default: the model's own weight type for the "
+                                                 "dense model, auto otherwise).")] = None,
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt length for prefill.")] = 512,
+    new_tokens: Annotated[int, typer.Option(help="Tokens generated greedily for decode.")] = 64,
+    repeats: Annotated[int, typer.Option(help="Timed runs per model (medians reported).")] = 5,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the results to this JSON file.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if netslim wrote it.")] = False,
+) -> None:
+    """Prefill and decode tokens per second of MODEL, with its dense model beside it in the same run."""
+    from netslim import __version__  # noqa: PLC0415
+    from netslim.bench import bench as run_bench  # noqa: PLC0415
+    from netslim.bench import check_options  # noqa: PLC0415
+    from netslim.export.atomic import write_json_file  # noqa: PLC0415
+
+    _run(check_options, runtime, threads, prompt_tokens, new_tokens, repeats)
+    if out is not None and out.exists() and not overwrite:
+        _fail(f"'{out}' already exists; choose another --out or pass --overwrite")
+    results = _run(run_bench, model, runtime=runtime, threads=threads, dense=dense, prompt_tokens=prompt_tokens,
+                   new_tokens=new_tokens, repeats=repeats, gguf_type=type_)
+    results = {"netslim_bench": __version__, **results}
+    table = Table(title=f"{runtime}, {results['threads']} threads: prefill of {prompt_tokens} tokens, "
+                  f"decode of {new_tokens} (medians of {repeats})")
+    for column in ("", "source", "prefill tok/s", "decode tok/s", "ms / token"):
+        table.add_column(column, justify="right")
+    for name, entry in results["models"].items():
+        table.add_row(name, entry["source"], f"{entry['prefill_tokens_per_s']:.1f}",
+                      f"{entry['decode_tokens_per_s']:.1f}", f"{entry['ms_per_generated_token']:.2f}")
+    console.print(table)
+    if "prefill_speedup" in results:
+        console.print(f"speed-up over dense: prefill {results['prefill_speedup']:.2f}x, "
+                      f"decode {results['decode_speedup']:.2f}x")
+    if out is not None:
+        _run(write_json_file, out, results, overwrite, "netslim_bench")
+        console.print(f"wrote {out}")
 
 
 @app.command(epilog="Example:\n\n  netslim demo")

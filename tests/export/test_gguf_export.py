@@ -196,6 +196,70 @@ def test_quantized_layers_are_written_exactly_as_gguf_blocks(tmp_path, token_win
     assert records["model.norm.weight"]["type"] == "F32"
 
 
+@pytest.mark.parametrize("method", ["gptq", "rtn"])
+@pytest.mark.parametrize(("gguf_type", "qtype"), [("q4_0", "Q4_0"), ("q4_1", "Q4_1"), ("q5_0", "Q5_0"),
+                                                  ("q5_1", "Q5_1"), ("q8_0", "Q8_0")])
+def test_layers_quantized_on_a_gguf_grid_decode_to_netslims_weights(tmp_path, token_windows, method, gguf_type,
+                                                                    qtype):
+    model = tiny_model("llama")
+    result = netslim.compress(model, {"method": method, "gguf": gguf_type}, calibration=token_windows, progress=False)
+    assert {r["gguf"] for r in result.layers} == {gguf_type}
+    summary = export_gguf(model, tmp_path / "g.gguf")
+    tensors = _tensors(tmp_path / "g.gguf")
+    records = {t["source"]: t for t in summary["tensors"]}
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    assert len(layers) == 14
+    for name, layer in layers.items():
+        stored, decoded = tensors[records[name]["name"]]
+        heads = {"q_proj": 4, "k_proj": 2}.get(name.rsplit(".", 1)[1])
+        decoded = _rotate_half_rows(decoded, heads) if heads else decoded
+        assert stored == qtype
+        weight = layer.dequantize().numpy()
+        if qtype in ("Q4_1", "Q5_1"):  # s * (code - (-m / s)) against d * code + m: float32 rounding only
+            np.testing.assert_allclose(decoded, weight, rtol=0, atol=1e-6 * np.abs(weight).max())
+        else:  # no float16 rounding left: the stored scales are netslim's
+            np.testing.assert_array_equal(decoded, weight)
+
+
+def _wide_llama():
+    """A tiny llama whose projections have 256 or 512 inputs, so that K-quant super-blocks fit."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    config = T.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=1, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=128, max_position_embeddings=128)
+    return T.AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("method", ["gptq", "rtn"])
+@pytest.mark.parametrize(("gguf_type", "qtype"), [("q4_k", "Q4_K"), ("q5_k", "Q5_K"), ("q6_k", "Q6_K"),
+                                                  ("q3_k", "Q3_K")])
+def test_layers_quantized_on_a_kquant_grid_are_written_as_kquants(tmp_path, token_windows, method, gguf_type, qtype):
+    model = _wide_llama()
+    netslim.compress(model, {"method": method, "gguf": gguf_type}, calibration=token_windows, progress=False)
+    summary = export_gguf(model, tmp_path / "k.gguf")
+    tensors = _tensors(tmp_path / "k.gguf")
+    records = {t["source"]: t for t in summary["tensors"]}
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    assert len(layers) == 7
+    for name, layer in layers.items():
+        assert (records[name]["type"], records[name]["exact"]) == (qtype, True)
+        stored, decoded = tensors[records[name]["name"]]
+        heads = {"q_proj": 4, "k_proj": 2}.get(name.rsplit(".", 1)[1])
+        decoded = _rotate_half_rows(decoded, heads) if heads else decoded
+        weight = layer.dequantize().numpy()
+        np.testing.assert_allclose(decoded, weight, rtol=0, atol=1e-6 * np.abs(weight).max())
+
+
+def test_kquant_setting_records_the_fallback_of_narrow_layers(tmp_path, token_windows):
+    model = tiny_model("llama")  # 64 and 128 inputs: no super-block of 256 fits
+    result = netslim.compress(model, {"method": "gptq", "gguf": "q4_k"}, calibration=token_windows, progress=False)
+    assert {r["gguf"] for r in result.layers} == {"q4_1"}
+    assert all("not a multiple of 256" in r["gguf_fallback"] for r in result.layers)
+    summary = export_gguf(model, tmp_path / "f.gguf")
+    assert {t["type"] for t in summary["tensors"] if "bits" in t} == {"Q4_1"}
+
+
 @pytest.mark.parametrize(("setting", "reason", "requested", "fallback"), [
     ({"method": "rtn", "bits": 3, "group_size": 32}, "3-bit", "auto", "F16"),
     ({"method": "rtn", "bits": 4, "group_size": 16}, "not a multiple of 32", "q8_0", "Q8_0"),

@@ -72,3 +72,72 @@ def test_bad_grid_settings_are_config_errors(bad):
     with pytest.raises(ConfigError) as error:
         RTNConfig(**bad)
     assert "\n" not in str(error.value) and next(iter(bad)) in str(error.value)
+
+
+@pytest.mark.parametrize(("bits", "sym"), [(4, True), (4, False), (5, True), (5, False), (8, True)])
+def test_fitted_grids_store_float16_scales_and_beat_min_max(bits, sym):
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(bits))
+    plain = quantize_rtn(w, bits, group_size=32, sym=sym)
+    fitted = quantize_rtn(w, bits, group_size=32, sym=sym, fit=True)
+    assert torch.equal(fitted.scales, fitted.scales.half().float())  # GGUF stores d as float16, unchanged
+    if sym:
+        assert torch.all(fitted.zeros == 2 ** (bits - 1))
+    else:  # W = s * code + m with a float16 minimum m = -s * zero
+        m = -fitted.scales * fitted.zeros
+        torch.testing.assert_close(m, m.half().float(), rtol=1e-6, atol=0)
+    assert int(fitted.codes.max()) <= 2**bits - 1
+    err_plain = (plain.dequantize() - w).square().sum()
+    err_fitted = (fitted.dequantize() - w).square().sum()
+    assert err_fitted < 0.95 * err_plain
+
+
+def test_fitted_grid_weights_the_error_by_importance():
+    w = torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
+    importance = torch.ones(32)
+    importance[:4] = 1000.0  # four columns that matter most
+    even, _ = grid_params(w, 4, True, fit=True)
+    weighted, _ = grid_params(w, 4, True, fit=True, importance=importance)
+    err = {}
+    for name, scale in (("even", even), ("weighted", weighted)):
+        q = torch.clamp(torch.round(w / scale[:, None]), -8, 7) * scale[:, None]
+        err[name] = float((importance * (q - w).square()).sum())
+    assert err["weighted"] < err["even"]
+
+
+def test_gguf_setting_fixes_the_grid_and_refuses_conflicts():
+    cfg = RTNConfig(gguf="q5_1")
+    assert (cfg.bits, cfg.group_size, cfg.sym) == (5, 32, False)
+    with pytest.raises(ConfigError, match="gguf=q4_0 sets group_size=32"):
+        RTNConfig(gguf="q4_0", group_size=128)
+    with pytest.raises(ConfigError, match="q4_0"):
+        RTNConfig(gguf="q2_k")
+
+
+@pytest.mark.parametrize("name", ["q4_k", "q5_k", "q6_k", "q3_k"])
+def test_kquant_grids_are_recovered_from_their_scales_and_beat_min_max(name):
+    from netslim.ops.kgrid import K_GRIDS, recover
+
+    grid = K_GRIDS[name]
+    w = torch.randn(16, 512, generator=torch.Generator().manual_seed(len(name)))
+    k = quantize_rtn(w, grid.bits, grid.sub, not grid.asym, kgrid=grid)
+    params = recover(k.scales, k.zeros, grid)
+    assert params is not None and params.sc.shape == (16 * 2, grid.subs)
+    assert params.sc.min() >= grid.scale_low and params.sc.max() <= grid.scale_high
+    assert (params.d.astype("float16").astype("float64") == params.d).all()  # float16 super-block scales
+    rebuilt = (params.d[:, None] * params.sc).reshape(16, -1)
+    assert torch.equal(torch.from_numpy(rebuilt).float(), k.scales)
+    plain = quantize_rtn(w, grid.bits, grid.sub, not grid.asym)
+    assert recover(plain.scales, plain.zeros, grid) is None  # min/max scales have no super-block structure
+    assert (k.dequantize() - w).square().sum() < (plain.dequantize() - w).square().sum()
+
+
+def test_kquant_setting_falls_back_where_inputs_are_not_a_multiple_of_256():
+    from netslim.ops.quant import gguf_grid
+
+    assert gguf_grid("q4_k", 512).kgrid is not None and gguf_grid("q4_k", 512).fallback is None
+    fallback = gguf_grid("q4_k", 576)
+    assert (fallback.name, fallback.bits, fallback.group_size, fallback.sym) == ("q4_1", 4, 32, False)
+    assert "576 inputs are not a multiple of 256" in fallback.fallback
+    assert gguf_grid("q3_k", 576).name == "q4_0" and gguf_grid("q6_k", 576).name == "q8_0"
+    cfg = RTNConfig(gguf="q6_k")
+    assert (cfg.bits, cfg.group_size, cfg.sym) == (6, 16, True)

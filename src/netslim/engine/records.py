@@ -30,6 +30,8 @@ class LayerRecord:
         pattern / target_sparsity: Pruning: ``unstructured`` or ``N:M``, and the sparsity asked
             of this layer (its block's under OWL).
         bits / group_size / sym / act_order: Quantization grid of its codes.
+        gguf / gguf_fallback: The GGUF block type whose fitted grid the codes are on
+            (``q4_0`` ...), if any, and why it is not the requested one (a K-quant's fallback).
         hessian_fallback / damp: Which step of the Cholesky fallback chain GPTQ or SparseGPT
             needed, and the damping actually used (fraction of the mean diagonal).
         obs_loss: The OBS objective GPTQ or SparseGPT left (sum of ``err^2 / [H^-1]_qq``).
@@ -56,6 +58,8 @@ class LayerRecord:
     group_size: int | None = None
     sym: bool | None = None
     act_order: bool | None = None
+    gguf: str | None = None
+    gguf_fallback: str | None = None
     hessian_fallback: str | None = None
     damp: float | None = None
     obs_loss: float | None = None

@@ -185,3 +185,42 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False,
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json_file(path: str | os.PathLike, data: dict, overwrite: bool, owner_key: str) -> Path:
+    """Write ``data`` as the JSON file ``path``, atomically (a temporary sibling renamed into place).
+
+    An existing file is replaced only with ``overwrite`` and only if it is a JSON object holding
+    ``owner_key`` (netslim wrote it); ``data`` must hold that key too.
+
+    Raises:
+        ConfigError: a folder at ``path``, or an unwritable folder.
+        OutputExistsError: the file exists and may not be replaced, saying why.
+    """
+    target = Path(path).expanduser().absolute()
+    if target.is_dir():
+        raise ConfigError(f"--out '{path}' is a folder; name a .json file")
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(f"'{path}' already exists; choose another --out or pass --overwrite")
+        try:
+            ours = not target.is_symlink() and owner_key in json.loads(target.read_text())
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise OutputExistsError(f"'{path}' was not written by netslim; --overwrite replaces only netslim's "
+                                    "own results, choose another --out")
+    check_writable(target.parent, "--out")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target

@@ -14,6 +14,9 @@ Options beyond the grid (:class:`~netslim.methods.rtn.QuantizationConfig`):
 - ``damp``: dampening as a fraction of the mean Hessian diagonal (default 1%); a
   Hessian that is still not positive definite takes the fallback chain of
   :mod:`netslim.ops.hessian`, recorded per layer as ``hessian_fallback``.
+- ``gguf``: the grid of a GGUF block type (:class:`~netslim.methods.rtn.QuantizationConfig`);
+  each group's scale is fitted when the sweep reaches it, its squared error weighted by the
+  Hessian diagonal.
 - ``true_sequential`` (default on): q/k/v, then o, then gate/up, then down are calibrated
   one after another, each on the outputs of the already quantized layers before it.
 
@@ -40,7 +43,8 @@ from pydantic import Field
 from netslim.engine.stats import LayerStats, Stat
 from netslim.methods.base import LayerView
 from netslim.methods.registry import register_method
-from netslim.methods.rtn import QuantizationConfig, install_quantized
+from netslim.methods.rtn import QuantizationConfig, grid_fields, install_quantized
+from netslim.ops.kgrid import KGrid
 from netslim.ops.hessian import fix_dead_inputs, inverse_cholesky
 from netslim.ops.obs import QuantRule, aligned_block_size, obs_sweep
 from netslim.ops.quant import QuantizedWeight
@@ -75,19 +79,27 @@ def gptq_quantize(
     sym: bool = False,
     act_order: bool = False,
     damp: float = 0.01,
+    fit: bool = False,
+    kgrid: KGrid | None = None,
 ) -> GPTQResult:
-    """Quantize ``weight`` (out, in) against ``hessian`` (in, in); pure, never raises on singular H."""
+    """Quantize ``weight`` (out, in) against ``hessian`` (in, in); pure, never raises on singular H.
+
+    ``fit``: fitted grids (:mod:`netslim.ops.quant`) weighted by the Hessian diagonal;
+    ``kgrid``: a K-quant grid (:mod:`netslim.ops.kgrid`, ``group_size`` its sub-block).
+    """
     work = weight.detach().float().clone()
     hessian = fix_dead_inputs(hessian.float(), work)  # zeroes dead columns of ``work``
     keep = work != 0 if bool((work == 0).any()) else None
     perm = torch.argsort(torch.diagonal(hessian), descending=True, stable=True) if act_order else None
     rule_weight = work.clone()  # natural order, for static grids
+    importance = torch.diagonal(hessian).clone() if fit or kgrid is not None else None  # natural order
     if perm is not None:
         work, hessian = work[:, perm], hessian[perm][:, perm]
         keep = None if keep is None else keep[:, perm]
     factor = inverse_cholesky(hessian, damp)
-    rule = QuantRule(rule_weight, bits, group_size, sym, perm=perm, keep=keep)
-    loss = obs_sweep(work, factor.upper, rule, aligned_block_size(group_size))
+    rule = QuantRule(rule_weight, bits, group_size, sym, perm=perm, keep=keep, fit=fit, importance=importance,
+                     kgrid=kgrid)
+    loss = obs_sweep(work, factor.upper, rule, aligned_block_size(rule.span))
     if perm is not None:
         work = work[:, torch.argsort(perm)]
     return GPTQResult(rule.result(work), loss, factor.fallback.value, factor.damp)
@@ -96,13 +108,14 @@ def gptq_quantize(
 @register_method("gptq", GPTQConfig)
 def gptq(layer: LayerView, stats: LayerStats, cfg: GPTQConfig) -> dict:
     """Quantize the layer with GPTQ and swap in the quantized module."""
+    grid = cfg.layer_grid(layer.weight.shape[1])
     result = gptq_quantize(
-        layer.weight, stats.hessian.to(layer.weight.device), cfg.bits, cfg.group_size, cfg.sym,
-        cfg.act_order, cfg.damp,
+        layer.weight, stats.hessian.to(layer.weight.device), grid.bits, grid.group_size, grid.sym,
+        cfg.act_order, cfg.damp, fit=grid.name is not None, kgrid=grid.kgrid,
     )
     return {
         **install_quantized(layer, result.qweight),
-        "sym": cfg.sym,
+        **grid_fields(grid),
         "act_order": cfg.act_order,
         "hessian_fallback": result.hessian_fallback,
         "damp": result.damp,

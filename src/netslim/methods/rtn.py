@@ -6,23 +6,36 @@ grid per output channel (``group_size: -1``) or per group of consecutive inputs.
 are exactly zero stay exactly zero (0 is always on the grid), so RTN after pruning keeps the
 sparsity. The Linear is replaced by a :class:`netslim.nn.quantized.QuantizedLinear`.
 
+With ``gguf: q4_0`` (or ``q4_1``, ``q5_0``, ``q5_1``, ``q8_0``) the grid is that GGUF block
+type's: groups of 32, its bits and symmetry, and each group's float16 scale (and minimum)
+fitted by a least-squares search (:mod:`netslim.ops.quant`), so that ``netslim export --to
+gguf`` writes the layer's codes and scales unchanged and llama.cpp decodes exactly the
+weights netslim evaluated. The K-quant types ``q4_k``, ``q5_k``, ``q6_k``, ``q3_k``
+(:mod:`netslim.ops.kgrid`) apply to layers whose inputs are a multiple of 256; the others
+take the 32-weight grid of :data:`~netslim.ops.quant.K_FALLBACK` (``q4_k`` -> ``q4_1``), recorded
+per layer as ``gguf`` and ``gguf_fallback``.
+
 Recipe:
     - method: rtn
       bits: 4
       group_size: 128        # -1 for per-channel
       sym: false
+    # or, on a GGUF grid:
+    - method: rtn
+      gguf: q4_0
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Optional
 
 from pydantic import model_validator
 
 from netslim.engine.stats import LayerStats
 from netslim.methods.base import LayerView, MethodConfig
 from netslim.methods.registry import register_method
-from netslim.ops.quant import QuantizedWeight, check_grid, quantize_rtn
+from netslim.ops.kgrid import K_GRIDS
+from netslim.ops.quant import GGUF_BLOCK, GGUF_GRIDS, GGUFGrid, QuantizedWeight, check_grid, gguf_grid, quantize_rtn
 
 
 class QuantizationConfig(MethodConfig):
@@ -33,11 +46,36 @@ class QuantizationConfig(MethodConfig):
         group_size: Inputs sharing one scale and zero point; -1 for one grid per output
             channel. Common choices: 32, 64, 128.
         sym: Symmetric grid (zero point fixed at the middle code) instead of min/max.
+        gguf: Quantize on the grid of this GGUF block type (``q4_0``, ``q4_1``, ``q5_0``,
+            ``q5_1``, ``q8_0``, or a K-quant ``q4_k``, ``q5_k``, ``q6_k``, ``q3_k``): it sets
+            ``bits``, ``group_size`` (32, or a K-quant's sub-block) and ``sym``, and fits each
+            group's float16 scale (and minimum) by least squares; the GGUF export then stores
+            the layer exactly.
     """
 
     bits: int = 4
     group_size: int = 128
     sym: bool = False
+    gguf: Optional[Literal["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "q3_k"]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gguf_grid(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("gguf") is None:
+            return data
+        name = str(data["gguf"]).lower()
+        if name in K_GRIDS:
+            k = K_GRIDS[name]
+            implied = {"bits": k.bits, "group_size": k.sub, "sym": not k.asym}
+        elif name in GGUF_GRIDS:
+            bits, sym = GGUF_GRIDS[name]
+            implied = {"bits": bits, "group_size": GGUF_BLOCK, "sym": sym}
+        else:
+            return data  # the Literal's own error names the valid types
+        for key, value in implied.items():
+            if key in data and data[key] != value:
+                raise ValueError(f"gguf={name} sets {key}={value}; remove {key}={data[key]} or the gguf setting")
+        return {**data, **implied, "gguf": name}
 
     @model_validator(mode="after")
     def _check_grid(self) -> QuantizationConfig:
@@ -47,6 +85,17 @@ class QuantizationConfig(MethodConfig):
     def produces(self) -> str:
         """Quantized layers."""
         return "quantized"
+
+    def layer_grid(self, in_features: int) -> GGUFGrid:
+        """The grid of a layer with ``in_features`` inputs: ``gguf``'s (or its fallback's), else the settings'."""
+        if self.gguf is None:
+            return GGUFGrid(None, self.bits, self.group_size, self.sym)
+        return gguf_grid(self.gguf, in_features)
+
+
+def grid_fields(grid: GGUFGrid) -> dict:
+    """The record fields of a layer's grid: its GGUF type and why it is not the requested one."""
+    return {"sym": grid.sym, "gguf": grid.name, "gguf_fallback": grid.fallback}
 
 
 class RTNConfig(QuantizationConfig):
@@ -73,6 +122,7 @@ def install_quantized(layer: LayerView, qweight: QuantizedWeight) -> dict:
 def rtn(layer: LayerView, stats: LayerStats | None, cfg: RTNConfig) -> dict:
     """Quantize the layer's weight to the nearest grid point and swap in the quantized module."""
     weight = layer.weight.detach().float()
-    qweight = quantize_rtn(weight, cfg.bits, cfg.group_size, cfg.sym)
+    grid = cfg.layer_grid(weight.shape[1])
+    qweight = quantize_rtn(weight, grid.bits, grid.group_size, grid.sym, fit=grid.name is not None, kgrid=grid.kgrid)
     error = float((qweight.dequantize() - weight).square().sum() / weight.square().sum().clamp_min(1e-12))
-    return {**install_quantized(layer, qweight), "sym": cfg.sym, "relative_weight_error": error}
+    return {**install_quantized(layer, qweight), **grid_fields(grid), "relative_weight_error": error}

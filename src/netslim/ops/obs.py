@@ -27,6 +27,7 @@ from typing import Protocol
 
 import torch
 
+from netslim.ops.kgrid import SUPER_BLOCK, KGrid, kgrid_params
 from netslim.ops.masks import layer_mask, nm_mask
 from netslim.ops.quant import QuantizedWeight, codes_for, fake_quantize, grid_params, group_index, group_params
 
@@ -87,7 +88,11 @@ class QuantRule:
 
     Args:
         weight: The layer's weight (out, in) in natural column order, before the sweep.
-        bits, group_size, sym: The grid (see :mod:`netslim.ops.quant`).
+        bits, group_size, sym, fit: The grid (see :mod:`netslim.ops.quant`).
+        importance: (in,) natural order: weights of each column's squared error in a fitted
+            grid's search (GPTQ passes the Hessian diagonal), or ``None``.
+        kgrid: A K-quant grid (:mod:`netslim.ops.kgrid`): groups are its sub-blocks, whose
+            grids are chosen together when the sweep reaches their super-block.
         perm: Sweep order as indices into natural order (act-order), or ``None``.
         keep: Optional boolean (out, in) mask in sweep order; weights outside it are forced
             to zero and their error is compensated like any other (GPTQ after pruning).
@@ -99,14 +104,17 @@ class QuantRule:
     """
 
     def __init__(self, weight: torch.Tensor, bits: int, group_size: int, sym: bool,
-                 perm: torch.Tensor | None = None, keep: torch.Tensor | None = None):
+                 perm: torch.Tensor | None = None, keep: torch.Tensor | None = None, fit: bool = False,
+                 importance: torch.Tensor | None = None, kgrid: KGrid | None = None):
         self.bits, self.group_size, self.sym, self.keep = bits, group_size, sym, keep
+        self.fit, self.importance, self.kgrid = fit, importance, kgrid
+        self.span = SUPER_BLOCK if kgrid is not None else group_size  # columns whose grids are chosen at once
         self.g_idx = group_index(weight.shape[1], group_size)
         self.static = perm is not None or group_size == -1
         order = perm if perm is not None else torch.arange(weight.shape[1])
         self.groups: list[int] = self.g_idx[order].tolist()  # group of each sweep position
         if self.static:
-            self.scales, self.zeros = group_params(weight.float(), bits, group_size, sym)
+            self.scales, self.zeros = group_params(weight.float(), bits, group_size, sym, fit, importance, kgrid)
         else:
             groups = int(self.g_idx[-1]) + 1
             self.scales = torch.zeros(weight.shape[0], groups)
@@ -118,9 +126,16 @@ class QuantRule:
     def quantize(self, col: int, local: int, block: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Grid values of ``values``, the column at sweep position ``col``."""
         group = self.groups[col]
-        if not self.static and col % self.group_size == 0:
-            scale, zero = grid_params(block[:, local : local + self.group_size], self.bits, self.sym)
-            self.scales[:, group], self.zeros[:, group] = scale, zero
+        if not self.static and col % self.span == 0:
+            span = slice(local, local + self.span)
+            weights = None if self.importance is None else self.importance[col : col + self.span]
+            if self.kgrid is not None:
+                scale, zero = kgrid_params(block[:, span], self.kgrid, weights)
+                self.scales[:, group : group + scale.shape[1]] = scale.to(block.device)
+                self.zeros[:, group : group + scale.shape[1]] = zero.to(block.device)
+            else:
+                scale, zero = grid_params(block[:, span], self.bits, self.sym, self.fit, weights)
+                self.scales[:, group], self.zeros[:, group] = scale, zero
         q = fake_quantize(values, self.scales[:, group], self.zeros[:, group], self.bits)
         return q if self.keep is None else q * self.keep[:, col]
 

@@ -19,15 +19,38 @@ Grids (as in the GPTQ reference code):
   zero point fixed at ``2^(bits-1)``.
 
 A group whose weights are all zero gets the range ``[-1, 1]`` so that its scale is not 0.
+
+K-quant grids (GGUF's Q3_K ... Q6_K, super-blocks of 256 inputs): see :mod:`netslim.ops.kgrid`;
+:func:`gguf_grid` says which grid a layer of a given width gets for a GGUF type name.
+
+Fitted grids (``fit=True``, the grids of GGUF's 32-weight block types, see
+:data:`GGUF_GRIDS`): each group's scale (and, asymmetric, its minimum) is chosen by the
+weighted least-squares search of :mod:`netslim.ops.scale_search` instead of min/max, with the
+scale rounded to float16 inside the search, so that a GGUF file stores it exactly. Symmetric:
+``W = s * (code - 2^(bits-1))``, the scale may be negative (the weight of largest magnitude
+takes the longer, negative end, as llama.cpp's Q4_0 does). Asymmetric: ``W = s * code + m``
+with float16 ``s`` and ``m``, written here as the zero point ``-m / s``, which is then not an
+integer; a weight that was exactly zero decodes to at most ``2^-11 * |m|`` off zero.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
+from netslim.ops.kgrid import K_GRIDS, SUPER_BLOCK, KGrid, kgrid_params
+from netslim.ops.scale_search import fit_asymmetric, fit_symmetric
+
 MIN_BITS, MAX_BITS = 2, 8
+GGUF_BLOCK = 32  # weights per GGUF block: the group size of a fitted GGUF grid
+GGUF_GRIDS = {"q4_0": (4, True), "q4_1": (4, False), "q5_0": (5, True), "q5_1": (5, False), "q8_0": (8, True)}
+"""GGUF block type -> (bits, symmetric) of its grid; every one has groups of :data:`GGUF_BLOCK`."""
+F16_TINY = 2.0 ** -24
+K_FALLBACK = {"q4_k": "q4_1", "q5_k": "q5_1", "q6_k": "q8_0", "q3_k": "q4_0"}
+"""The 32-weight grid a K-quant grid falls back to where the inputs are not a multiple of 256."""
+GGUF_TYPES = (*GGUF_GRIDS, *K_GRIDS)
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,42 @@ class QuantizedWeight:
     def dequantize(self) -> torch.Tensor:
         """The float32 weight (out, in) the codes stand for."""
         return dequantize(self.codes, self.scales, self.zeros, self.g_idx)
+
+
+@dataclass(frozen=True)
+class GGUFGrid:
+    """The grid a layer gets for a GGUF type: bits, group size, symmetry, K-quant structure.
+
+    Attributes:
+        name: The GGUF type whose grid it is (lower case), the requested one or its fallback;
+            ``None`` for a plain min/max grid.
+        kgrid: The K-quant structure, for ``q3_k`` ... ``q6_k``; ``None`` for 32-weight types.
+        fallback: Why the requested type could not be used (``None`` when it is).
+    """
+
+    name: str | None
+    bits: int
+    group_size: int
+    sym: bool
+    kgrid: KGrid | None = None
+    fallback: str | None = None
+
+
+def gguf_grid(name: str, in_features: int) -> GGUFGrid:
+    """The grid of GGUF type ``name`` for a layer of ``in_features`` inputs.
+
+    A K-quant type needs a multiple of 256 inputs; otherwise its :data:`K_FALLBACK` grid,
+    with the reason.
+    """
+    if name in K_GRIDS:
+        k = K_GRIDS[name]
+        if in_features % SUPER_BLOCK == 0:
+            return GGUFGrid(name, k.bits, k.sub, not k.asym, k)
+        fallback = K_FALLBACK[name]
+        reason = f"{in_features} inputs are not a multiple of {SUPER_BLOCK} ({name} super-blocks): {fallback}"
+        return replace(gguf_grid(fallback, in_features), fallback=reason)
+    bits, sym = GGUF_GRIDS[name]
+    return GGUFGrid(name, bits, GGUF_BLOCK, sym)
 
 
 def check_grid(bits: int, group_size: int) -> None:
@@ -69,8 +128,15 @@ def group_index(in_features: int, group_size: int) -> torch.Tensor:
     return torch.arange(in_features, dtype=torch.int32) // group_width(in_features, group_size)
 
 
-def grid_params(weight: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point per row of ``weight`` (out, k) from its min/max; each of shape (out,)."""
+def grid_params(weight: torch.Tensor, bits: int, sym: bool, fit: bool = False,
+                importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point per row of ``weight`` (out, k); each of shape (out,).
+
+    From the rows' min/max, or with ``fit`` by the search (see the module docstring), its
+    squared error weighted per column by ``importance`` (k,) when given.
+    """
+    if fit:
+        return fitted_params(weight, bits, sym, importance)
     weight = weight.float()
     maxq = max_code(bits)
     low = weight.min(dim=1).values.clamp_max(0.0)
@@ -88,9 +154,34 @@ def grid_params(weight: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tenso
     return scale, zero
 
 
+def fitted_params(weight: torch.Tensor, bits: int, sym: bool,
+                  importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fitted grid of each row of ``weight`` (out, k): float16-exact scale and zero point (out,)."""
+    x = weight.detach().double().cpu().numpy()
+    w = np.ones_like(x) if importance is None else np.broadcast_to(
+        importance.detach().double().cpu().clamp_min(0).numpy(), x.shape)
+    if sym:
+        middle = 1 << (bits - 1)
+        s, _ = fit_symmetric(x, w, -middle, middle - 1, f16=True)
+        s = np.where(s == 0, 1.0, s)  # an all-zero row: any scale, code = middle
+        zero = np.full_like(s, float(middle))
+    else:
+        s, m, _ = fit_asymmetric(x, w, max_code(bits), f16=True)
+        flat = s == 0  # every weight equal to m: one step of |m| (or of the smallest float16) from it
+        s = np.where(flat, np.maximum(np.abs(m), F16_TINY).astype(np.float16).astype(np.float64), s)
+        zero = -m / s
+    device = weight.device
+    return torch.from_numpy(s).float().to(device), torch.from_numpy(zero).float().to(device)
+
+
 def quantize_codes(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
-    """Codes ``clamp(round(w / scale) + zero, 0, maxq)`` as float; ``scale``/``zero`` broadcast."""
-    return torch.clamp(torch.round(weight / scale) + zero, 0, max_code(bits))
+    """Codes ``clamp(round(w / scale + zero), 0, maxq)`` as float; ``scale``/``zero`` broadcast.
+
+    An integer zero point is added after rounding (the GPTQ reference's order, bit for bit);
+    a fitted grid's fractional part of it before.
+    """
+    whole = torch.round(zero)
+    return torch.clamp(torch.round(weight / scale + (zero - whole)) + whole, 0, max_code(bits))
 
 
 def fake_quantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
@@ -99,11 +190,23 @@ def fake_quantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
 
 
 def group_params(
-    weight: torch.Tensor, bits: int, group_size: int, sym: bool
+    weight: torch.Tensor, bits: int, group_size: int, sym: bool, fit: bool = False,
+    importance: torch.Tensor | None = None, kgrid: KGrid | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scales and zeros (out, n_groups) of ``weight`` (out, in) in natural column order."""
+    """Scales and zeros (out, n_groups) of ``weight`` (out, in) in natural column order.
+
+    ``fit`` and ``importance`` (in,): as in :func:`grid_params`; ``kgrid``: a K-quant grid
+    (groups are its sub-blocks, chosen a super-block at a time).
+    """
+    if kgrid is not None:
+        pairs = [kgrid_params(weight[:, start : start + SUPER_BLOCK], kgrid,
+                              None if importance is None else importance[start : start + SUPER_BLOCK])
+                 for start in range(0, weight.shape[1], SUPER_BLOCK)]
+        return torch.cat([s for s, _ in pairs], dim=1), torch.cat([z for _, z in pairs], dim=1)
     width = weight.shape[1] if group_size == -1 else group_size
-    pairs = [grid_params(weight[:, start : start + width], bits, sym) for start in range(0, weight.shape[1], width)]
+    pairs = [grid_params(weight[:, start : start + width], bits, sym, fit,
+                         None if importance is None else importance[start : start + width])
+             for start in range(0, weight.shape[1], width)]
     return torch.stack([s for s, _ in pairs], dim=1), torch.stack([z for _, z in pairs], dim=1)
 
 
@@ -125,9 +228,10 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g
     return scales[:, index] * (codes.to(scales.dtype) - zeros[:, index])
 
 
-def quantize_rtn(weight: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False) -> QuantizedWeight:
-    """Round every weight to the nearest point of its group's min/max grid (no data needed)."""
+def quantize_rtn(weight: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False,
+                 fit: bool = False, kgrid: KGrid | None = None) -> QuantizedWeight:
+    """Round every weight to the nearest point of its group's grid: min/max, fitted or K-quant (no data needed)."""
     check_grid(bits, group_size)
-    scales, zeros = group_params(weight, bits, group_size, sym)
+    scales, zeros = group_params(weight, bits, group_size, sym, fit, kgrid=kgrid)
     g_idx = group_index(weight.shape[1], group_size)
     return QuantizedWeight(codes_for(weight, scales, zeros, g_idx, bits), scales, zeros, g_idx, bits, group_size)

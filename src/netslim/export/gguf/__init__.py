@@ -7,7 +7,7 @@
 - :mod:`~netslim.export.gguf.blocks`: the ggml 32-weight block structs, packed with numpy;
 - :mod:`~netslim.export.gguf.kquants`: the K-quant super-blocks (Q3_K..Q6_K), packed and decoded;
 - :mod:`~netslim.export.gguf.floatquant`, :mod:`~netslim.export.gguf.kquantize`,
-  :mod:`~netslim.export.gguf.search`: float weights quantized to a block type by netslim's
+  :mod:`~netslim.ops.scale_search`: float weights quantized to a block type by netslim's
   own scale (and minimum) search, and the fallbacks row lengths force;
 - :mod:`~netslim.export.gguf.tokenizer`: ``tokenizer.*`` keys, copied from a source GGUF or built.
 """

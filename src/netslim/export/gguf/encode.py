@@ -8,8 +8,10 @@
   layer); rows whose length the type's blocks do not divide fall back (K-quants to a 32-block
   type, 32-block types to F16), the reason recorded. Pruned zeros are stored as values.
 - Quantized layers (:class:`~netslim.nn.quantized.QuantizedLinear`): their codes unchanged in
-  the GGUF block type with the same grid (see :mod:`netslim.export.gguf.blocks`) when the
-  groups are contiguous runs of a multiple of 32 columns; otherwise (3-bit, act-order
+  the K-quant type whose super-block structure their scales have (GPTQ or RTN with
+  ``gguf: q4_k`` etc., :func:`netslim.ops.kgrid.recover`), else in the GGUF block type with the
+  same grid (see :mod:`netslim.export.gguf.blocks`) when the groups are contiguous runs of a
+  multiple of 32 columns; otherwise (3-bit, act-order
   ``g_idx``, groups of 16, 8-bit asymmetric, scales beyond float16) the dequantized weight
   in the requested float type (``auto`` = F16), with the reason recorded.
 
@@ -23,10 +25,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from netslim.export.gguf import kquants
 from netslim.export.gguf.blocks import QK, block_type_for, pack_quantized, scales_fit_f16
 from netslim.export.gguf.floatquant import float_array, storage_type
 from netslim.export.gguf.tensors import TensorSource, interleave_rotary_rows
 from netslim.nn.quantized import QuantizedLinear
+from netslim.ops.kgrid import K_GRIDS, SUPER_BLOCK, recover
 from netslim.ops.quant import group_width
 
 FLOAT_TYPES = {"auto": "F16", "f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q6_k": "Q6_K",
@@ -60,6 +64,28 @@ def quantized_encoding(layer: QuantizedLinear) -> tuple[str | None, torch.Tensor
     return qtype, block_group, None
 
 
+def k_encoding(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, layer: QuantizedLinear
+               ) -> tuple[str, np.ndarray] | None:
+    """``(K-quant type, super-blocks (rows, bytes))`` if ``layer``'s grid is a K-quant grid, else ``None``.
+
+    ``codes``, ``scales``, ``zeros``: the layer's, rows already in GGUF order.
+    """
+    cols = layer.in_features
+    if cols % SUPER_BLOCK or not torch.equal(layer.g_idx.long(), torch.arange(cols) // group_width(cols, layer.group_size)):
+        return None
+    for grid in K_GRIDS.values():
+        if grid.bits != layer.bits or grid.sub != group_width(cols, layer.group_size):
+            continue
+        params = recover(scales, zeros, grid)
+        if params is None:
+            continue
+        q = codes.numpy().astype(np.int16).reshape(-1, SUPER_BLOCK)
+        q = q if grid.asym else q - grid.middle
+        blocks = kquants.pack(grid.name, q, params.d, params.sc, params.dmin, params.mn)
+        return grid.name, np.ascontiguousarray(blocks.reshape(codes.shape[0], -1))
+    return None
+
+
 def _float_type(requested: str, kind: str, cols: int) -> tuple[str, str | None]:
     if kind in ("norm", "bias"):
         return "F32", None
@@ -80,13 +106,16 @@ def encode(source: TensorSource, requested: str, importance=None) -> tuple[np.nd
     layer = source.quantized
     record = {"name": source.gguf_name, "source": source.hf_name, "fallback_reason": None}
     if layer is not None:
-        qtype, block_group, reason = quantized_encoding(layer)
         record["shape"] = [layer.out_features, layer.in_features]
         record["bits"] = layer.bits
+        rows = (layer.codes, layer.scales, layer.zeros)
+        if source.rope_heads:  # permuting whole rows keeps every row's grid
+            rows = tuple(interleave_rotary_rows(t, source.rope_heads) for t in rows)
+        k = k_encoding(*rows, layer)
+        if k is not None:
+            return k[1], k[0], {**record, "type": k[0], "exact": True}
+        qtype, block_group, reason = quantized_encoding(layer)
         if qtype is not None:
-            rows = (layer.codes, layer.scales, layer.zeros)
-            if source.rope_heads:  # permuting whole rows keeps every row's grid
-                rows = tuple(interleave_rotary_rows(t, source.rope_heads) for t in rows)
             data = pack_quantized(qtype, *rows, block_group)
             return data, qtype, {**record, "type": qtype, "exact": True}
         weight = layer.dequantize(torch.float32)

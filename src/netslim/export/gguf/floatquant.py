@@ -3,7 +3,7 @@
 - 32-weight blocks (layouts in :mod:`~netslim.export.gguf.blocks`): Q4_0, Q5_0, Q8_0 are
   symmetric, ``w = d * q`` with ``q`` in ``-8..7``, ``-16..15``, ``-128..127``; Q4_1 and Q5_1
   are ``w = d * q + m`` with ``q`` in ``0..15``, ``0..31``. Each block's float16 ``d`` (and
-  ``m``) is chosen by :mod:`~netslim.export.gguf.search` with float16 rounding in the loop, so
+  ``m``) is chosen by :mod:`~netslim.ops.scale_search` with float16 rounding in the loop, so
   the error is scored on what is stored.
 - K-quants (Q3_K, Q4_K, Q5_K, Q6_K): :mod:`~netslim.export.gguf.kquantize`.
 
@@ -25,7 +25,7 @@ import torch
 from netslim.export.gguf.blocks import QK, pack_codes
 from netslim.export.gguf.kquantize import quantize_k
 from netslim.export.gguf.kquants import QK_K
-from netslim.export.gguf.search import fit_asymmetric, fit_symmetric
+from netslim.ops.scale_search import fit_asymmetric, fit_symmetric
 
 BLOCK_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 K_TYPES = ("Q3_K", "Q4_K", "Q5_K", "Q6_K")

@@ -3,7 +3,7 @@
 Layouts: :mod:`~netslim.export.gguf.kquants`. For every super-block of 256 weights:
 
 1. Each sub-block (32 weights for Q4_K/Q5_K, 16 for Q3_K/Q6_K) gets its own best float scale
-   (and, for Q4_K/Q5_K, non-negative minimum) by :mod:`~netslim.export.gguf.search`, weighted
+   (and, for Q4_K/Q5_K, non-negative minimum) by :mod:`~netslim.ops.scale_search`, weighted
    by the importance vector if one is given (else every weight counts the same).
 2. The sub-block scales are quantized to the type's integers: ``d = max sc / 63`` (float16)
    and ``sc = round(s / d)`` for Q4_K/Q5_K (``dmin`` and ``mn`` likewise for the minima);
@@ -29,7 +29,7 @@ import itertools
 import numpy as np
 
 from netslim.export.gguf import kquants
-from netslim.export.gguf.search import fit_asymmetric, fit_symmetric
+from netslim.ops.scale_search import fit_asymmetric, fit_symmetric
 
 # type: (sub-block size, code range lo..hi, integer scale range, asymmetric)
 SPECS = {

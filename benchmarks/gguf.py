@@ -1,0 +1,191 @@
+"""Benchmark: netslim's GGUF exports against llama.cpp's own quantizer, measured in llama.cpp (issue 15).
+
+Needs the optional extra ``netslim[llamacpp]`` (llama-cpp-python, which compiles llama.cpp).
+
+Protocol (the project's small protocol): smollm2-135m; perplexity on the first 80
+non-overlapping windows of 512 tokens of WikiText-2 test, computed by llama.cpp on the same
+token ids netslim evaluates (one window per context, every position scored); calibration 64
+windows of 512 tokens of WikiText-2 valid, seed 0.
+
+Rows:
+
+- ``llama.cpp <preset>``: llama.cpp's own quantizer (``llama_model_quantize``, no importance
+  matrix) applied to netslim's float32 export of the dense model: Q8_0, Q4_0, Q4_K_M, Q3_K_M.
+- netslim exports (:data:`CONFIGS`): a fresh dense model compressed by the recipe, exported
+  with the given embedding type; the quantized layers keep their codes (GPTQ on a GGUF grid:
+  ``gguf: q4_0`` etc.).
+
+Columns: file bytes; perplexity in llama.cpp; netslim's PyTorch perplexity of the same model
+(the compressed model with its embedding replaced by the one decoded from the file, so both
+runtimes evaluate the same weights), and their relative gap; prefill (512 tokens) and decode
+(64 greedy tokens after 32) tokens per second in llama.cpp, each row timed side by side with
+the dense reference file (``dense q4_0``: netslim's export of the dense model, Q4_0 weights and
+a Q8_0 embedding, the layout of llama.cpp's Q4_0), their runs alternating, medians of
+``--repeats``, ``--threads`` threads. Results accumulate in ``results/gguf.json``:
+
+    nice -n 10 python benchmarks/gguf.py --only "llama.cpp Q4_0" "gptq4 q4_0"
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+# This script's name shadows the gguf package for everything run from this folder: drop the
+# folder from the front of the path while the package is imported, then append it for _common.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+import gguf  # noqa: E402  (the package)
+
+sys.path.append(str(_HERE))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import netslim  # noqa: E402
+from _common import RESULTS, dense_baseline, protocol_line, write_results  # noqa: E402
+from netslim.bench import bench  # noqa: E402
+from netslim.eval import llamacpp  # noqa: E402
+
+FILES = RESULTS.parent / "gguf_files"  # the exported files (not committed)
+PRESETS = ("Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M")
+CONFIGS = {
+    "dense q4_0": {"stages": [], "type": "q4_0", "embeddings": "q8_0"},
+    "gptq4 q4_0": {"stages": [{"method": "gptq", "gguf": "q4_0"}], "embeddings": "q8_0"},
+    "gptq4 q4_0, q4_0 embeddings": {"stages": [{"method": "gptq", "gguf": "q4_0"}], "embeddings": "q4_0"},
+    "gptq4 q4_1": {"stages": [{"method": "gptq", "gguf": "q4_1"}], "embeddings": "q8_0"},
+    "gptq5 q5_0": {"stages": [{"method": "gptq", "gguf": "q5_0"}], "embeddings": "q8_0"},
+    "width 30% + gptq4 q4_0": {"stages": [{"method": "width", "score": "flap", "ratio": 0.3},
+                                          {"method": "gptq", "gguf": "q4_0"}], "embeddings": "q8_0"},
+    "depth 20% + gptq4 q4_0": {"stages": [{"method": "depth", "score": "block_influence", "ratio": 0.2},
+                                          {"method": "gptq", "gguf": "q4_0"}], "embeddings": "q8_0"},
+}
+REFERENCE = "dense q4_0"
+
+
+def _file(name: str) -> Path:
+    return FILES / (name.replace(" ", "_").replace(",", "").replace("%", "pct").replace("+", "plus") + ".gguf")
+
+
+def _embedding_from_file(path: Path) -> torch.Tensor:
+    reader = gguf.GGUFReader(path)
+    tensor = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+
+
+def same_model_ppl(lm, path: Path, windows) -> float:
+    """netslim's PyTorch perplexity of the weights in ``path``: ``lm`` with the file's embedding."""
+    embed = lm.model.get_input_embeddings()
+    decoded = _embedding_from_file(path)
+    with torch.no_grad():
+        before = embed.weight.detach().clone()
+        embed.weight.copy_(decoded)  # tied: the head reads the same matrix, as in the file
+        try:
+            return netslim.evaluate(lm, data=windows, progress=False).ppl
+        finally:
+            embed.weight.copy_(before)
+
+
+def speed(path: Path, reference: Path, args) -> dict:
+    """llama.cpp prefill/decode figures of ``path`` beside ``reference``, interleaved."""
+    results = bench(str(path), runtime="llama.cpp", dense=str(reference), threads=args.threads,
+                    repeats=args.repeats)
+    model, dense = results["models"]["model"], results["models"]["dense"]
+    return {"prefill_tokens_per_s": model["prefill_tokens_per_s"], "decode_tokens_per_s": model["decode_tokens_per_s"],
+            "reference_prefill_tokens_per_s": dense["prefill_tokens_per_s"],
+            "reference_decode_tokens_per_s": dense["decode_tokens_per_s"],
+            "prefill_speedup": results["prefill_speedup"], "decode_speedup": results["decode_speedup"]}
+
+
+def run_preset(preset: str, f32: Path, windows, args) -> dict:
+    out = _file(f"llama.cpp {preset}")
+    start = time.perf_counter()
+    llamacpp.quantize(f32, out, preset, args.threads)
+    seconds = time.perf_counter() - start
+    ppl = llamacpp.perplexity(out, windows, args.threads, progress=False).ppl
+    return {"kind": "llama.cpp", "preset": preset, "bytes": out.stat().st_size, "llamacpp_ppl": ppl,
+            "quantize_seconds": seconds, "weight_types": _types(out)}
+
+
+def run_config(name: str, run, args) -> dict:
+    spec = CONFIGS[name]
+    lm = netslim.load_model(run.protocol["model"])
+    start = time.perf_counter()
+    result = netslim.compress(lm, spec["stages"], run.calib, progress=False) if spec["stages"] else lm
+    seconds = time.perf_counter() - start
+    torch_ppl = netslim.evaluate(lm, data=run.windows, progress=False).ppl
+    out = _file(name)
+    summary = netslim.export_gguf(result, out, type=spec.get("type", "auto"), embeddings=spec["embeddings"],
+                                  overwrite=True)
+    same = same_model_ppl(lm, out, run.windows)
+    ppl = llamacpp.perplexity(out, run.windows, args.threads, progress=False).ppl
+    return {"kind": "netslim", "stages": spec["stages"], "embeddings": spec["embeddings"], "bytes": summary["bytes"],
+            "compress_seconds": seconds, "torch_ppl": torch_ppl, "same_model_torch_ppl": same, "llamacpp_ppl": ppl,
+            "gap": ppl / same - 1, "exact_layers": sum(1 for t in summary["tensors"] if t.get("exact") and "bits" in t),
+            "architecture": summary["architecture"], "weight_types": _types(out)}
+
+
+def _types(path: Path) -> dict:
+    counts: dict[str, int] = {}
+    for tensor in gguf.GGUFReader(path).tensors:
+        if len(tensor.shape) == 2:
+            counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+    return counts
+
+
+def table(rows: dict, dense: dict, protocol: dict, args) -> str:
+    lines = [
+        "| model | MB | llama.cpp ppl | netslim PyTorch ppl (same weights) | gap | prefill tok/s | decode tok/s "
+        "| decode vs dense q4_0 | weight types |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for key in sorted(rows, key=lambda k: rows[k]["bytes"]):
+        r = rows[key]
+        same = f"{r['same_model_torch_ppl']:.2f}" if "same_model_torch_ppl" in r else "-"
+        gap = f"{r['gap']:+.2%}" if "gap" in r else "-"
+        s = r.get("speed")
+        speed = (f"{s['prefill_tokens_per_s']:.0f} | {s['decode_tokens_per_s']:.1f} | {s['decode_speedup']:.2f}x"
+                 if s else "- | - | -")
+        types = ", ".join(f"{n} {t}" for t, n in sorted(r["weight_types"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"| {key} | {r['bytes'] / 1e6:.1f} | {r['llamacpp_ppl']:.2f} | {same} | {gap} | {speed} | {types} |")
+    lines.append(
+        protocol_line(protocol) + f". Dense PyTorch perplexity {dense['ppl']:.2f}. Perplexity by llama.cpp on the same "
+        "token ids; 'same weights': netslim's PyTorch model with the embedding decoded from the file. Speeds: "
+        f"llama.cpp (llama-cpp-python), {args.threads} threads, prefill of 512 tokens and greedy decoding of 64 "
+        f"after 32, medians of {args.repeats} runs, each row timed side by side with the 'dense q4_0' file on a "
+        "shared 2-core machine.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    names = [f"llama.cpp {p}" for p in PRESETS] + list(CONFIGS)
+    parser.add_argument("--only", nargs="*", default=None, choices=names, help="rows to run")
+    parser.add_argument("--repeats", type=int, default=5, help="timed llama.cpp runs per row (0 skips speed)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    llamacpp.require()
+    FILES.mkdir(parents=True, exist_ok=True)
+    run = dense_baseline("gguf", quick=False)
+    rows = run.rows
+    f32 = FILES / "dense_f32.gguf"
+    if not f32.exists():
+        netslim.export_gguf(run.dense_lm, f32, type="f32", overwrite=True)
+    for name in args.only or names:
+        if name.startswith("llama.cpp "):
+            rows[name] = run_preset(name.split(" ", 1)[1], f32, run.windows, args)
+        else:
+            rows[name] = run_config(name, run, args)
+        if args.repeats:
+            if not _file(REFERENCE).exists():
+                rows[REFERENCE] = run_config(REFERENCE, run, args)
+            rows[name]["speed"] = speed(_file(name), _file(REFERENCE), args)
+        write_results("gguf", {"protocol": run.protocol, "threads": args.threads, "repeats": args.repeats,
+                               "dense": run.dense, "results": rows}, table(rows, run.dense, run.protocol, args))
+
+
+if __name__ == "__main__":
+    main()
