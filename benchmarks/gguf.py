@@ -13,14 +13,16 @@ Rows:
   matrix) applied to netslim's float32 export of the dense model: Q8_0, Q4_0, Q4_K_M, Q3_K_M.
 - netslim exports (:data:`CONFIGS`): a fresh dense model compressed by the recipe, exported
   with the given embedding type; the quantized layers keep their codes (GPTQ on a GGUF grid:
-  ``gguf: q4_0`` etc.).
+  ``gguf: q4_0`` etc.). On smollm2-135m (hidden size 576) a K-quant grid fits only ``ffn_down``
+  (1536 inputs); the other projections take its 32-weight fallback (``q4_k`` -> ``q4_1``,
+  ``q3_k`` -> ``q4_0``), as llama.cpp's own K-quant presets fall back on this model too.
 
-Columns: file bytes; perplexity in llama.cpp; netslim's PyTorch perplexity of the same model
-(the compressed model with its embedding replaced by the one decoded from the file, so both
-runtimes evaluate the same weights), and their relative gap; prefill (512 tokens) and decode
-(64 greedy tokens after 32) tokens per second in llama.cpp, each row timed side by side with
-the dense reference file (``dense q4_0``: netslim's export of the dense model, Q4_0 weights and
-a Q8_0 embedding, the layout of llama.cpp's Q4_0), their runs alternating, medians of
+Columns: file bytes; perplexity in llama.cpp; netslim's PyTorch perplexity of the same file
+(loaded by transformers' GGUF loader, which decodes every tensor, so both runtimes evaluate
+the same weights; not available for the ``deci`` layout of uneven widths), and their relative
+gap; prefill (512 tokens) and decode (64 greedy tokens after 32) tokens per second in
+llama.cpp, each row timed side by side with the dense model in the layout of the 4-bit exports
+(``llama.cpp Q4_0``: Q4_0 weights, a Q8_0 embedding), their runs alternating, medians of
 ``--repeats``, ``--threads`` threads. Results accumulate in ``results/gguf.json``:
 
     nice -n 10 python benchmarks/gguf.py --only "llama.cpp Q4_0" "gptq4 q4_0"
@@ -41,7 +43,6 @@ import gguf  # noqa: E402  (the package)
 
 sys.path.append(str(_HERE))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import netslim  # noqa: E402
@@ -55,38 +56,27 @@ CONFIGS = {
     "dense q4_0": {"stages": [], "type": "q4_0", "embeddings": "q8_0"},
     "gptq4 q4_0": {"stages": [{"method": "gptq", "gguf": "q4_0"}], "embeddings": "q8_0"},
     "gptq4 q4_0, q4_0 embeddings": {"stages": [{"method": "gptq", "gguf": "q4_0"}], "embeddings": "q4_0"},
-    "gptq4 q4_1": {"stages": [{"method": "gptq", "gguf": "q4_1"}], "embeddings": "q8_0"},
+    "gptq4 q4_k": {"stages": [{"method": "gptq", "gguf": "q4_k"}], "embeddings": "q8_0"},
+    "gptq3 q3_k": {"stages": [{"method": "gptq", "gguf": "q3_k"}], "embeddings": "q8_0"},
     "gptq5 q5_0": {"stages": [{"method": "gptq", "gguf": "q5_0"}], "embeddings": "q8_0"},
     "width 30% + gptq4 q4_0": {"stages": [{"method": "width", "score": "flap", "ratio": 0.3},
                                           {"method": "gptq", "gguf": "q4_0"}], "embeddings": "q8_0"},
     "depth 20% + gptq4 q4_0": {"stages": [{"method": "depth", "score": "block_influence", "ratio": 0.2},
                                           {"method": "gptq", "gguf": "q4_0"}], "embeddings": "q8_0"},
 }
-REFERENCE = "dense q4_0"
+REFERENCE = "llama.cpp Q4_0"  # the dense model in the layout of the 4-bit exports: Q4_0, a Q8_0 embedding
 
 
 def _file(name: str) -> Path:
     return FILES / (name.replace(" ", "_").replace(",", "").replace("%", "pct").replace("+", "plus") + ".gguf")
 
 
-def _embedding_from_file(path: Path) -> torch.Tensor:
-    reader = gguf.GGUFReader(path)
-    tensor = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+def same_model_ppl(path: Path, windows) -> float:
+    """netslim's PyTorch perplexity of the weights in ``path``, as transformers' GGUF loader decodes them."""
+    from transformers import AutoModelForCausalLM
 
-
-def same_model_ppl(lm, path: Path, windows) -> float:
-    """netslim's PyTorch perplexity of the weights in ``path``: ``lm`` with the file's embedding."""
-    embed = lm.model.get_input_embeddings()
-    decoded = _embedding_from_file(path)
-    with torch.no_grad():
-        before = embed.weight.detach().clone()
-        embed.weight.copy_(decoded)  # tied: the head reads the same matrix, as in the file
-        try:
-            return netslim.evaluate(lm, data=windows, progress=False).ppl
-        finally:
-            embed.weight.copy_(before)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    return netslim.evaluate(model, data=windows, progress=False).ppl
 
 
 def speed(path: Path, reference: Path, args) -> dict:
@@ -120,11 +110,11 @@ def run_config(name: str, run, args) -> dict:
     out = _file(name)
     summary = netslim.export_gguf(result, out, type=spec.get("type", "auto"), embeddings=spec["embeddings"],
                                   overwrite=True)
-    same = same_model_ppl(lm, out, run.windows)
+    same = same_model_ppl(out, run.windows) if summary["architecture"] != "deci" else None
     ppl = llamacpp.perplexity(out, run.windows, args.threads, progress=False).ppl
     return {"kind": "netslim", "stages": spec["stages"], "embeddings": spec["embeddings"], "bytes": summary["bytes"],
             "compress_seconds": seconds, "torch_ppl": torch_ppl, "same_model_torch_ppl": same, "llamacpp_ppl": ppl,
-            "gap": ppl / same - 1, "exact_layers": sum(1 for t in summary["tensors"] if t.get("exact") and "bits" in t),
+            "gap": None if same is None else ppl / same - 1, "exact_layers": sum(1 for t in summary["tensors"] if t.get("exact") and "bits" in t),
             "architecture": summary["architecture"], "weight_types": _types(out)}
 
 
@@ -139,13 +129,13 @@ def _types(path: Path) -> dict:
 def table(rows: dict, dense: dict, protocol: dict, args) -> str:
     lines = [
         "| model | MB | llama.cpp ppl | netslim PyTorch ppl (same weights) | gap | prefill tok/s | decode tok/s "
-        "| decode vs dense q4_0 | weight types |",
+        "| decode vs dense Q4_0 | weight types |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for key in sorted(rows, key=lambda k: rows[k]["bytes"]):
         r = rows[key]
-        same = f"{r['same_model_torch_ppl']:.2f}" if "same_model_torch_ppl" in r else "-"
-        gap = f"{r['gap']:+.2%}" if "gap" in r else "-"
+        same = f"{r['same_model_torch_ppl']:.2f}" if r.get("same_model_torch_ppl") else "-"
+        gap = f"{r['gap']:+.2%}" if r.get("gap") is not None else "-"
         s = r.get("speed")
         speed = (f"{s['prefill_tokens_per_s']:.0f} | {s['decode_tokens_per_s']:.1f} | {s['decode_speedup']:.2f}x"
                  if s else "- | - | -")
@@ -153,9 +143,9 @@ def table(rows: dict, dense: dict, protocol: dict, args) -> str:
         lines.append(f"| {key} | {r['bytes'] / 1e6:.1f} | {r['llamacpp_ppl']:.2f} | {same} | {gap} | {speed} | {types} |")
     lines.append(
         protocol_line(protocol) + f". Dense PyTorch perplexity {dense['ppl']:.2f}. Perplexity by llama.cpp on the same "
-        "token ids; 'same weights': netslim's PyTorch model with the embedding decoded from the file. Speeds: "
+        "token ids; 'same weights': the file decoded by transformers' GGUF loader and evaluated by netslim. Speeds: "
         f"llama.cpp (llama-cpp-python), {args.threads} threads, prefill of 512 tokens and greedy decoding of 64 "
-        f"after 32, medians of {args.repeats} runs, each row timed side by side with the 'dense q4_0' file on a "
+        f"after 32, medians of {args.repeats} runs, each row timed side by side with the 'llama.cpp Q4_0' file on a "
         "shared 2-core machine.")
     return "\n".join(lines)
 
@@ -163,6 +153,7 @@ def table(rows: dict, dense: dict, protocol: dict, args) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     names = [f"llama.cpp {p}" for p in PRESETS] + list(CONFIGS)
+    default = [n for n in names if n != "dense q4_0"]
     parser.add_argument("--only", nargs="*", default=None, choices=names, help="rows to run")
     parser.add_argument("--repeats", type=int, default=5, help="timed llama.cpp runs per row (0 skips speed)")
     parser.add_argument("--threads", type=int, default=2)
@@ -174,14 +165,14 @@ def main() -> None:
     f32 = FILES / "dense_f32.gguf"
     if not f32.exists():
         netslim.export_gguf(run.dense_lm, f32, type="f32", overwrite=True)
-    for name in args.only or names:
+    for name in args.only or default:
         if name.startswith("llama.cpp "):
             rows[name] = run_preset(name.split(" ", 1)[1], f32, run.windows, args)
         else:
             rows[name] = run_config(name, run, args)
         if args.repeats:
             if not _file(REFERENCE).exists():
-                rows[REFERENCE] = run_config(REFERENCE, run, args)
+                rows[REFERENCE] = run_preset(REFERENCE.split(" ", 1)[1], f32, run.windows, args)
             rows[name]["speed"] = speed(_file(name), _file(REFERENCE), args)
         write_results("gguf", {"protocol": run.protocol, "threads": args.threads, "repeats": args.repeats,
                                "dense": run.dense, "results": rows}, table(rows, run.dense, run.protocol, args))

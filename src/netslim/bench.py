@@ -12,8 +12,9 @@ Two runtimes:
 The dense model beside it: ``dense`` when given; otherwise the source the model was made
 from (a netslim folder's ``netslim.json``; a GGUF file netslim exported names its source in
 ``netslim.source``). In the llama.cpp runtime the dense model is exported with the same
-type as the model's file (its most common weight type, e.g. ``q4_0`` for a 4-bit GPTQ export),
-so that a speed-up measures what compression removed, not a different number format.
+type as the model's file (its most common weight type, e.g. ``q4_0`` for a 4-bit GPTQ export,
+and its embedding's type for the embedding), so that a speed-up measures what
+compression removed, not a different number format.
 
 Protocol: the prompt is ``prompt_tokens`` fixed pseudo-random token ids (seed 0; speed does
 not depend on the text); prefill = one forward over it from an empty cache, last-token
@@ -62,8 +63,10 @@ def _gguf_fields(path: Path) -> dict:
     reader = gguf.GGUFReader(path)
     fields = {name: reader.fields[name].contents() for name in ("netslim.source", "general.file_type")
               if name in reader.fields}
-    types = [t.tensor_type.name for t in reader.tensors if len(t.shape) == 2]
+    types = [t.tensor_type.name for t in reader.tensors if len(t.shape) == 2 and t.name != "token_embd.weight"]
     fields["weight_type"] = max(set(types), key=types.count) if types else "F16"
+    fields["embedding_type"] = next((t.tensor_type.name for t in reader.tensors if t.name == "token_embd.weight"),
+                                    fields["weight_type"])
     return fields
 
 
@@ -113,8 +116,8 @@ def _bench_torch(models: dict[str, str], threads, prompt_tokens, new_tokens, rep
                    "threads": lat[name].threads} for name in models}
 
 
-def _as_gguf(source: str, folder: Path, name: str, gguf_type: str) -> Path:
-    """``source`` itself if it is a GGUF file, else its export with ``gguf_type`` into ``folder``."""
+def _as_gguf(source: str, folder: Path, name: str, gguf_type: str, embeddings: str | None = None) -> Path:
+    """``source`` itself if it is a GGUF file, else its export with ``gguf_type`` (and ``embeddings``) into ``folder``."""
     from netslim.export.gguf import export_gguf  # noqa: PLC0415
 
     path = Path(source).expanduser()
@@ -122,7 +125,7 @@ def _as_gguf(source: str, folder: Path, name: str, gguf_type: str) -> Path:
         if not path.is_file():
             raise ModelNotFoundError(f"'{source}' is not a file; give an existing .gguf file")
         return path
-    return Path(export_gguf(source, folder / f"{name}.gguf", type=gguf_type)["path"])
+    return Path(export_gguf(source, folder / f"{name}.gguf", type=gguf_type, embeddings=embeddings)["path"])
 
 
 def _bench_llamacpp(models: dict[str, Path], threads, prompt_tokens, new_tokens, repeats, warmup) -> dict:
@@ -186,9 +189,11 @@ def bench(model: str, runtime: str = "torch", threads: int | None = None, dense:
         tmp = Path(tempfile.mkdtemp(prefix="netslim-bench-"))
         try:
             files = {"model": _as_gguf(model, tmp, "model", check_type("--type", gguf_type or "auto"))}
-            if dense:
-                same = gguf_type or _gguf_fields(files["model"])["weight_type"].lower()
-                files["dense"] = _as_gguf(dense, tmp, "dense", same if same in TYPES else "auto")
+            if dense:  # the model file's types, for the weights and for the embedding
+                fields = _gguf_fields(files["model"])
+                same, embeddings = (gguf_type or fields["weight_type"].lower()), fields["embedding_type"].lower()
+                files["dense"] = _as_gguf(dense, tmp, "dense", same if same in TYPES else "auto",
+                                          embeddings if embeddings in TYPES else None)
             for name, path in files.items():
                 entries[name].update(gguf=str(path) if path.parent != tmp else f"(exported: {path.name})",
                                      bytes=path.stat().st_size, weight_type=_gguf_fields(path)["weight_type"])

@@ -34,8 +34,8 @@ from pydantic import model_validator
 from netslim.engine.stats import LayerStats
 from netslim.methods.base import LayerView, MethodConfig
 from netslim.methods.registry import register_method
-from netslim.ops.kgrid import K_GRIDS
-from netslim.ops.quant import GGUF_BLOCK, GGUF_GRIDS, GGUFGrid, QuantizedWeight, check_grid, gguf_grid, quantize_rtn
+from netslim.ops.kgrid import K_GRIDS, SUPER_BLOCK
+from netslim.ops.quant import GGUF_GRIDS, GGUFGrid, QuantizedWeight, check_grid, gguf_grid, quantize_rtn
 
 
 class QuantizationConfig(MethodConfig):
@@ -64,14 +64,10 @@ class QuantizationConfig(MethodConfig):
         if not isinstance(data, dict) or data.get("gguf") is None:
             return data
         name = str(data["gguf"]).lower()
-        if name in K_GRIDS:
-            k = K_GRIDS[name]
-            implied = {"bits": k.bits, "group_size": k.sub, "sym": not k.asym}
-        elif name in GGUF_GRIDS:
-            bits, sym = GGUF_GRIDS[name]
-            implied = {"bits": bits, "group_size": GGUF_BLOCK, "sym": sym}
-        else:
+        if name not in GGUF_GRIDS and name not in K_GRIDS:
             return data  # the Literal's own error names the valid types
+        grid = gguf_grid(name, SUPER_BLOCK)  # the type's own grid (a layer too narrow for a K-quant falls back)
+        implied = {"bits": grid.bits, "group_size": grid.group_size, "sym": grid.sym}
         for key, value in implied.items():
             if key in data and data[key] != value:
                 raise ValueError(f"gguf={name} sets {key}={value}; remove {key}={data[key]} or the gguf setting")

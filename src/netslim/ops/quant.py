@@ -40,17 +40,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from netslim.ops.kgrid import K_GRIDS, SUPER_BLOCK, KGrid, kgrid_params
+from netslim.ops.kgrid import F16_TINY, K_GRIDS, SUPER_BLOCK, KGrid, kgrid_params
 from netslim.ops.scale_search import fit_asymmetric, fit_symmetric
 
 MIN_BITS, MAX_BITS = 2, 8
 GGUF_BLOCK = 32  # weights per GGUF block: the group size of a fitted GGUF grid
 GGUF_GRIDS = {"q4_0": (4, True), "q4_1": (4, False), "q5_0": (5, True), "q5_1": (5, False), "q8_0": (8, True)}
 """GGUF block type -> (bits, symmetric) of its grid; every one has groups of :data:`GGUF_BLOCK`."""
-F16_TINY = 2.0 ** -24
 K_FALLBACK = {"q4_k": "q4_1", "q5_k": "q5_1", "q6_k": "q8_0", "q3_k": "q4_0"}
 """The 32-weight grid a K-quant grid falls back to where the inputs are not a multiple of 256."""
-GGUF_TYPES = (*GGUF_GRIDS, *K_GRIDS)
 
 
 @dataclass(frozen=True)

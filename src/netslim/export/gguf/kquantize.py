@@ -29,15 +29,12 @@ import itertools
 import numpy as np
 
 from netslim.export.gguf import kquants
+from netslim.ops.kgrid import K_GRIDS
 from netslim.ops.scale_search import fit_asymmetric, fit_symmetric
 
-# type: (sub-block size, code range lo..hi, integer scale range, asymmetric)
-SPECS = {
-    "Q4_K": (32, 0, 15, (0, 63), True),
-    "Q5_K": (32, 0, 31, (0, 63), True),
-    "Q6_K": (16, -32, 31, (-128, 127), False),
-    "Q3_K": (16, -4, 3, (-32, 31), False),
-}
+# type: (sub-block size, code range lo..hi, integer scale range, asymmetric), from the grids of ops.kgrid
+SPECS = {g.name: (g.sub, *((0, (1 << g.bits) - 1) if g.asym else (-g.middle, g.middle - 1)),
+                  (g.scale_low, g.scale_high), g.asym) for g in K_GRIDS.values()}
 F16_MAX = 65504.0
 
 
