@@ -26,6 +26,7 @@ llama.cpp, each row timed side by side with the dense model in the layout of the
 ``--repeats``, ``--threads`` threads. Results accumulate in ``results/gguf.json``:
 
     nice -n 10 python benchmarks/gguf.py --only "llama.cpp Q4_0" "gptq4 q4_0"
+    python benchmarks/gguf.py --speed-only   # time every measured row again, on a quiet machine
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, choices=names, help="rows to run")
     parser.add_argument("--repeats", type=int, default=5, help="timed llama.cpp runs per row (0 skips speed)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--speed-only", action="store_true",
+                        help="time the rows already measured again (their files kept), nothing else")
     args = parser.parse_args()
     llamacpp.require()
     FILES.mkdir(parents=True, exist_ok=True)
@@ -166,6 +169,12 @@ def main() -> None:
     if not f32.exists():
         netslim.export_gguf(run.dense_lm, f32, type="f32", overwrite=True)
     for name in args.only or default:
+        if args.speed_only:
+            if name in rows and _file(name).exists():
+                rows[name]["speed"] = speed(_file(name), _file(REFERENCE), args)
+                write_results("gguf", {"protocol": run.protocol, "threads": args.threads, "repeats": args.repeats,
+                                       "dense": run.dense, "results": rows}, table(rows, run.dense, run.protocol, args))
+            continue
         if name.startswith("llama.cpp "):
             rows[name] = run_preset(name.split(" ", 1)[1], f32, run.windows, args)
         else:

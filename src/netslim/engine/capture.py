@@ -18,8 +18,9 @@ from torch import nn
 from netslim.models.adapter import ModelAdapter
 
 
-class _StopForward(Exception):
-    """Raised by the capture hook to end a forward pass early; never escapes this module."""
+class StopForward(Exception):
+    """Raised by a hook to end a forward early once it has what it needs; caught by
+    :func:`capture_block_inputs` and :func:`run_block_until_stopped`, never by callers."""
 
 
 @dataclass
@@ -67,7 +68,7 @@ def capture_block_inputs(
             if calls[index] is None:
                 calls[index] = call
             if stop_after_first[0]:
-                raise _StopForward
+                raise StopForward
 
         return hook
 
@@ -77,12 +78,22 @@ def capture_block_inputs(
             stop_after_first[0] = w > 0 or not record_calls
             try:
                 model(ids[w : w + 1].to(device), use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
     finally:
         for handle in handles:
             handle.remove()
     return torch.cat(hidden, dim=0), calls  # type: ignore[return-value]
+
+
+def run_block_until_stopped(block: nn.Module, hidden: torch.Tensor, call: BlockCall, batch_size: int = 1) -> None:
+    """Run ``block`` over ``hidden`` in micro-batches for the hooks it fires, each forward ended
+    early where a hook raises :class:`StopForward` (its output is not needed)."""
+    for start in range(0, hidden.shape[0], batch_size):
+        try:
+            block(hidden[start : start + batch_size], *call.args, **call.kwargs)
+        except StopForward:
+            pass
 
 
 def run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall, batch_size: int = 1) -> torch.Tensor:

@@ -208,7 +208,7 @@ def _act_on_layers(step: BlockStep, handler: Handler, cfg: MethodConfig, origina
     groups = [g for g in groups if g]
     subsets = [[g] for g in groups] if cfg.true_sequential else [groups]
     for subset in subsets:
-        stats, _ = step.layer_stats(subset, cfg.needs)
+        stats, _ = step.layer_stats(subset, cfg.needs, output=False)
         for group in subset:
             for name in group:
                 layer = layer_view(step.adapter, step.index, name, originals.get(name))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from netslim.engine.capture import BlockCall, run_block
+from netslim.engine.capture import BlockCall, StopForward, run_block, run_block_until_stopped
 from netslim.engine.records import RunLog
 from netslim.engine.stats import InputStats, LayerStats, Stat
 from netslim.models.adapter import ModelAdapter, linear_weight
@@ -85,28 +85,48 @@ class BlockStep:
         return {point: acc.view() for point, acc in accumulators.items()}
 
     def layer_stats(self, groups: list[list[str]], needs: frozenset[Stat],
-                    grads: Mapping[str, torch.Tensor] | None = None) -> tuple[dict[str, LayerStats], torch.Tensor | None]:
+                    grads: Mapping[str, torch.Tensor] | None = None, output: bool = True,
+                    ) -> tuple[dict[str, LayerStats], torch.Tensor | None]:
         """Input statistics of the projections in ``groups`` (full names; one group reads one
         input, so it shares one accumulator) from one forward of the block, and that forward's
-        output. ``({}, None)`` when nothing is needed or the pass is data-free."""
+        output. ``({}, None)`` when nothing is needed or the pass is data-free.
+
+        With ``output=False`` each forward stops as soon as every group has seen its input
+        (a true-sequential pass of q/k/v then runs only the input norm): the same statistics,
+        less compute, and ``None`` for the output.
+        """
         if not needs or self.hidden is None:
             return {}, None
         accumulators: dict[str, InputStats] = {}
         handles = []
-        for group in groups:
+        seen: set[int] = set()
+
+        def hook(_module, args, acc: InputStats, index: int) -> None:
+            acc.add(args[0])
+            seen.add(index)
+            if not output and len(seen) == len(groups):
+                seen.clear()
+                raise StopForward
+
+        for index, group in enumerate(groups):
             first = self.adapter.model.get_submodule(group[0])
             width = getattr(first, "in_features", None) or linear_weight(first).shape[1]  # compressed modules keep in_features
             acc = InputStats(width, needs, self.hidden.device)
-            handles.append(first.register_forward_hook(lambda _m, inp, _o, acc=acc: acc.add(inp[0])))
+            handles.append(first.register_forward_pre_hook(
+                lambda m, args, acc=acc, index=index: hook(m, args, acc, index)))
             for name in group:
                 accumulators[name] = acc
         try:
-            output = run_block(self.block, self.hidden, self.call)
+            if output:
+                result = run_block(self.block, self.hidden, self.call)
+            else:
+                run_block_until_stopped(self.block, self.hidden, self.call)
+                result = None
         finally:
             for handle in handles:
                 handle.remove()
         grads = grads or {}
-        return {name: acc.view(grads.get(name)) for name, acc in accumulators.items()}, output
+        return {name: acc.view(grads.get(name)) for name, acc in accumulators.items()}, result
 
     def output(self) -> torch.Tensor:
         """The block's output for the calibration states, with its current weights."""
