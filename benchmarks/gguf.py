@@ -19,8 +19,9 @@ Rows:
 
 Columns: file bytes; perplexity in llama.cpp; netslim's PyTorch perplexity of the same file
 (loaded by transformers' GGUF loader, which decodes every tensor, so both runtimes evaluate
-the same weights; not available for the ``deci`` layout of uneven widths), and their relative
-gap; prefill (512 tokens) and decode (64 greedy tokens after 32) tokens per second in
+the same weights; where that loader cannot read the file (the ``deci`` layout of uneven widths,
+the compensation biases of width pruning) the compressed PyTorch model itself, marked
+"(model)"), and their relative gap; prefill (512 tokens) and decode (64 greedy tokens after 32) tokens per second in
 llama.cpp, each row timed side by side with the dense model in the layout of the 4-bit exports
 (``llama.cpp Q4_0``: Q4_0 weights, a Q8_0 embedding), their runs alternating, medians of
 ``--repeats``, ``--threads`` threads. Results accumulate in ``results/gguf.json``:
@@ -47,7 +48,7 @@ sys.path.append(str(_HERE))
 import torch  # noqa: E402
 
 import netslim  # noqa: E402
-from _common import RESULTS, dense_baseline, protocol_line, write_results  # noqa: E402
+from _common import RESULTS, dense_baseline, protocol_line, saved_results, write_results  # noqa: E402
 from netslim.bench import bench  # noqa: E402
 from netslim.eval import llamacpp  # noqa: E402
 
@@ -60,7 +61,7 @@ CONFIGS = {
     "gptq4 q4_k": {"stages": [{"method": "gptq", "gguf": "q4_k"}], "embeddings": "q8_0"},
     "gptq3 q3_k": {"stages": [{"method": "gptq", "gguf": "q3_k"}], "embeddings": "q8_0"},
     "gptq5 q5_0": {"stages": [{"method": "gptq", "gguf": "q5_0"}], "embeddings": "q8_0"},
-    "width 30% + gptq4 q4_0": {"stages": [{"method": "width", "score": "flap", "ratio": 0.3},
+    "width 30% + gptq4 q4_0": {"stages": [{"method": "width", "score": "flap", "ratio": 0.3, "neuron_multiple": 32},
                                           {"method": "gptq", "gguf": "q4_0"}], "embeddings": "q8_0"},
     "depth 20% + gptq4 q4_0": {"stages": [{"method": "depth", "score": "block_influence", "ratio": 0.2},
                                           {"method": "gptq", "gguf": "q4_0"}], "embeddings": "q8_0"},
@@ -111,11 +112,13 @@ def run_config(name: str, run, args) -> dict:
     out = _file(name)
     summary = netslim.export_gguf(result, out, type=spec.get("type", "auto"), embeddings=spec["embeddings"],
                                   overwrite=True)
-    same = same_model_ppl(out, run.windows) if summary["architecture"] != "deci" else None
+    # transformers' GGUF loader reads neither the deci layout nor the biases width pruning adds
+    readable = summary["architecture"] != "deci" and not any("biases" in note for note in summary["notes"])
+    same = same_model_ppl(out, run.windows) if readable else None
     ppl = llamacpp.perplexity(out, run.windows, args.threads, progress=False).ppl
     return {"kind": "netslim", "stages": spec["stages"], "embeddings": spec["embeddings"], "bytes": summary["bytes"],
             "compress_seconds": seconds, "torch_ppl": torch_ppl, "same_model_torch_ppl": same, "llamacpp_ppl": ppl,
-            "gap": None if same is None else ppl / same - 1, "exact_layers": sum(1 for t in summary["tensors"] if t.get("exact") and "bits" in t),
+            "exact_layers": sum(1 for t in summary["tensors"] if t.get("exact") and "bits" in t),
             "architecture": summary["architecture"], "weight_types": _types(out)}
 
 
@@ -135,8 +138,9 @@ def table(rows: dict, dense: dict, protocol: dict, args) -> str:
     ]
     for key in sorted(rows, key=lambda k: rows[k]["bytes"]):
         r = rows[key]
-        same = f"{r['same_model_torch_ppl']:.2f}" if r.get("same_model_torch_ppl") else "-"
-        gap = f"{r['gap']:+.2%}" if r.get("gap") is not None else "-"
+        same = r.get("same_model_torch_ppl") or r.get("torch_ppl")  # deci files: the model itself (Q8_0 embedding aside)
+        gap = f"{r['llamacpp_ppl'] / same - 1:+.2%}" if same else "-"
+        same = "-" if not same else f"{same:.2f}" + ("" if r.get("same_model_torch_ppl") else " (model)")
         s = r.get("speed")
         speed = (f"{s['prefill_tokens_per_s']:.0f} | {s['decode_tokens_per_s']:.1f} | {s['decode_speedup']:.2f}x"
                  if s else "- | - | -")
@@ -158,13 +162,18 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, choices=names, help="rows to run")
     parser.add_argument("--repeats", type=int, default=5, help="timed llama.cpp runs per row (0 skips speed)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", default="gguf", help="results name (results/<name>.json), e.g. to run "
+                        "rows in a second process; merge them with --merge")
+    parser.add_argument("--merge", nargs="*", default=[], help="results names whose rows are added to --results")
     parser.add_argument("--speed-only", action="store_true",
                         help="time the rows already measured again (their files kept), nothing else")
     args = parser.parse_args()
     llamacpp.require()
     FILES.mkdir(parents=True, exist_ok=True)
-    run = dense_baseline("gguf", quick=False)
+    run = dense_baseline(args.results, quick=False)
     rows = run.rows
+    for other in args.merge:
+        rows.update(saved_results(other, run.protocol).get("results", {}))
     f32 = FILES / "dense_f32.gguf"
     if not f32.exists():
         netslim.export_gguf(run.dense_lm, f32, type="f32", overwrite=True)
@@ -172,7 +181,7 @@ def main() -> None:
         if args.speed_only:
             if name in rows and _file(name).exists():
                 rows[name]["speed"] = speed(_file(name), _file(REFERENCE), args)
-                write_results("gguf", {"protocol": run.protocol, "threads": args.threads, "repeats": args.repeats,
+                write_results(args.results, {"protocol": run.protocol, "threads": args.threads, "repeats": args.repeats,
                                        "dense": run.dense, "results": rows}, table(rows, run.dense, run.protocol, args))
             continue
         if name.startswith("llama.cpp "):
@@ -183,7 +192,7 @@ def main() -> None:
             if not _file(REFERENCE).exists():
                 rows[REFERENCE] = run_preset(REFERENCE.split(" ", 1)[1], f32, run.windows, args)
             rows[name]["speed"] = speed(_file(name), _file(REFERENCE), args)
-        write_results("gguf", {"protocol": run.protocol, "threads": args.threads, "repeats": args.repeats,
+        write_results(args.results, {"protocol": run.protocol, "threads": args.threads, "repeats": args.repeats,
                                "dense": run.dense, "results": rows}, table(rows, run.dense, run.protocol, args))
 
 

@@ -164,3 +164,27 @@ def test_a_gradient_only_sweep_runs_no_block(llama_model, token_windows, monkeyp
     swept = list(iter_block_stats(adapter, token_windows, frozenset({Stat.GRADIENT}), gradient_windows=1))
     assert [index for index, _ in swept] == [0, 1]
     assert set(swept[1][1].layers) == set(adapter.block_linears(1))
+
+
+def test_statistics_without_output_stop_each_forward_early_with_the_same_statistics(llama_model, token_windows):
+    from netslim.engine.records import RunLog
+    from netslim.engine.step import BlockStep
+
+    adapter = ModelAdapter.from_model(llama_model)
+    hidden, calls = capture_block_inputs(adapter, token_windows.ids)
+    step = BlockStep(adapter, 0, hidden, calls[0], RunLog())
+    groups = adapter.block_input_groups(0)
+    ran = []
+    handle = adapter.block_part(0, adapter.spec.mlp_out).register_forward_pre_hook(lambda m, a: ran.append(1))
+    try:
+        for subset in ([groups[0]], groups):  # q/k/v alone: only the input norm runs; all groups: up to down_proj
+            full, output = step.layer_stats(subset, frozenset({Stat.HESSIAN, Stat.ACT_NORM}))
+            ran.clear()
+            early, none = step.layer_stats(subset, frozenset({Stat.HESSIAN, Stat.ACT_NORM}), output=False)
+            assert output is not None and none is None
+            for name in full:
+                assert torch.equal(full[name].hessian, early[name].hessian)
+                assert torch.equal(full[name].act_norm, early[name].act_norm)
+            assert len(ran) == (len(token_windows.ids) if subset is groups else 0)  # down_proj reached only when its input is needed
+    finally:
+        handle.remove()

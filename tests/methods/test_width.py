@@ -166,3 +166,18 @@ def test_width_and_depth_recipes_round_trip_through_yaml(tmp_path):
     path.write_text(dump_recipe(stages))
     assert load_recipe(path) == stages
     assert stages[0].compensates and not netslim.WidthConfig(score="wanda").compensates
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_neuron_multiple_keeps_every_mlp_width_a_multiple(allocation, token_windows):
+    model = tiny_model("llama")
+    result = netslim.compress(model, netslim.WidthConfig(ratio=0.3, allocation=allocation, neuron_multiple=32),
+                              calibration=token_windows, progress=False)
+    adapter = ModelAdapter.from_model(model)
+    widths = [surgery.intermediate_size(adapter, i) for i in range(adapter.num_blocks)]
+    assert all(w % 32 == 0 and 0 < w <= 128 for w in widths), widths
+    plain = netslim.compress(tiny_model("llama"), netslim.WidthConfig(ratio=0.3, allocation=allocation),
+                             calibration=token_windows, progress=False)
+    unrounded = [128 - n for n in plain.recipe[0].block_neurons]
+    assert all(abs(w - u) <= 16 for w, u in zip(widths, unrounded))  # the nearest multiple
+    assert [128 - n for n in result.recipe[0].block_neurons] == widths  # the recipe replays the rounded widths

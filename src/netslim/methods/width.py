@@ -65,6 +65,9 @@ class WidthConfig(MethodConfig):
             saved recipe replays exactly), may also be given by hand with ``block_neurons``
             (then ``ratio`` and ``allocation`` are not consulted).
         block_neurons: MLP neurons removed per block (see ``block_units``).
+        neuron_multiple: Keep every block's MLP width a multiple of this (32 for GGUF's
+            blocks, 256 for its K-quants, 64 or 128 for GPU kernels): each planned neuron
+            count is moved to the nearest such width. Counts given by hand are kept.
     """
 
     method: Literal["width"] = "width"
@@ -77,6 +80,7 @@ class WidthConfig(MethodConfig):
     taylor_windows: int = Field(default=8, ge=1)
     block_units: tuple[int, ...] | None = None
     block_neurons: tuple[int, ...] | None = None
+    neuron_multiple: int = Field(default=1, ge=1)
 
     scope: ClassVar[Scope] = Scope.BLOCK
 
@@ -188,7 +192,24 @@ def _plan(scores: list[BlockScores], cfg: WidthConfig) -> list[tuple[int, int]]:
                                   f"{scores[index].neurons.numel()})")
         return list(zip(cfg.block_units, cfg.block_neurons))
     if cfg.allocation == "uniform":
-        return [_uniform(s, cfg.ratio) for s in scores]
+        plan = [_uniform(s, cfg.ratio) for s in scores]
+    else:
+        plan = _global(scores, cfg)
+    return [(units, _round_neurons(s.neurons.numel(), neurons, cfg.neuron_multiple))
+            for s, (units, neurons) in zip(scores, plan)]
+
+
+def _round_neurons(width: int, removed: int, multiple: int) -> int:
+    """``removed`` moved so that ``width - removed`` is the nearest positive multiple of ``multiple``
+    that fits in ``width``; unchanged when none does."""
+    if multiple == 1 or width < multiple:
+        return removed
+    kept = min(multiple * (width // multiple), max(multiple, multiple * round((width - removed) / multiple)))
+    return width - kept
+
+
+def _global(scores: list[BlockScores], cfg: WidthConfig) -> list[tuple[int, int]]:
+    """(head units, neurons) to remove per block under the global allocation."""
     pools, candidates = {}, []
     for index, s in enumerate(scores):
         for kind, values, cost in (("attn", s.head_units, s.head_cost), ("mlp", s.neurons, s.neuron_cost)):
