@@ -61,6 +61,11 @@ CONFIGS = {
     "gptq4 q4_k": {"stages": [{"method": "gptq", "gguf": "q4_k"}], "embeddings": "q8_0"},
     "gptq3 q3_k": {"stages": [{"method": "gptq", "gguf": "q3_k"}], "embeddings": "q8_0"},
     "gptq5 q5_0": {"stages": [{"method": "gptq", "gguf": "q5_0"}], "embeddings": "q8_0"},
+    # llama.cpp's Q3_K_M layout on this model (its K-quants fall back on 576-wide rows), each layer by GPTQ
+    "gptq 4/5-bit, Q3_K_M layout": {"stages": [
+        {"method": "gptq", "gguf": "q4_0", "ignore": ["*.o_proj", "*.v_proj", "*.down_proj"]},
+        {"method": "gptq", "gguf": "q5_0", "ignore": ["*.q_proj", "*.k_proj", "*.gate_proj", "*.up_proj", "*.down_proj"]},
+        {"method": "gptq", "gguf": "q4_k", "ignore": ["*_attn.*", "*.gate_proj", "*.up_proj"]}], "embeddings": "q8_0"},
     "width 30% + gptq4 q4_0": {"stages": [{"method": "width", "score": "flap", "ratio": 0.3, "neuron_multiple": 32},
                                           {"method": "gptq", "gguf": "q4_0"}], "embeddings": "q8_0"},
     "depth 20% + gptq4 q4_0": {"stages": [{"method": "depth", "score": "block_influence", "ratio": 0.2},
@@ -114,7 +119,7 @@ def run_config(name: str, run, args) -> dict:
                                   overwrite=True)
     # transformers' GGUF loader reads neither the deci layout nor the biases width pruning adds
     readable = summary["architecture"] != "deci" and not any("biases" in note for note in summary["notes"])
-    same = same_model_ppl(out, run.windows) if readable else None
+    same = same_model_ppl(out, run.windows) if readable and not args.model_ppl else None
     ppl = llamacpp.perplexity(out, run.windows, args.threads, progress=False).ppl
     return {"kind": "netslim", "stages": spec["stages"], "embeddings": spec["embeddings"], "bytes": summary["bytes"],
             "compress_seconds": seconds, "torch_ppl": torch_ppl, "same_model_torch_ppl": same, "llamacpp_ppl": ppl,
@@ -165,6 +170,8 @@ def main() -> None:
     parser.add_argument("--results", default="gguf", help="results name (results/<name>.json), e.g. to run "
                         "rows in a second process; merge them with --merge")
     parser.add_argument("--merge", nargs="*", default=[], help="results names whose rows are added to --results")
+    parser.add_argument("--model-ppl", action="store_true", help="compare llama.cpp with the compressed PyTorch "
+                        "model itself, not the file read back by transformers (faster; the embedding's rounding aside)")
     parser.add_argument("--speed-only", action="store_true",
                         help="time the rows already measured again (their files kept), nothing else")
     args = parser.parse_args()
