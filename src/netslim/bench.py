@@ -189,14 +189,16 @@ def bench(model: str, runtime: str = "torch", threads: int | None = None, dense:
         tmp = Path(tempfile.mkdtemp(prefix="netslim-bench-"))
         try:
             files = {"model": _as_gguf(model, tmp, "model", check_type("--type", gguf_type or "auto"))}
+            fields = {"model": _gguf_fields(files["model"])}
             if dense:  # the model file's types, for the weights and for the embedding
-                fields = _gguf_fields(files["model"])
-                same, embeddings = (gguf_type or fields["weight_type"].lower()), fields["embedding_type"].lower()
+                same = gguf_type or fields["model"]["weight_type"].lower()
+                embeddings = fields["model"]["embedding_type"].lower()
                 files["dense"] = _as_gguf(dense, tmp, "dense", same if same in TYPES else "auto",
                                           embeddings if embeddings in TYPES else None)
+                fields["dense"] = _gguf_fields(files["dense"])
             for name, path in files.items():
                 entries[name].update(gguf=str(path) if path.parent != tmp else f"(exported: {path.name})",
-                                     bytes=path.stat().st_size, weight_type=_gguf_fields(path)["weight_type"])
+                                     bytes=path.stat().st_size, weight_type=fields[name]["weight_type"])
             figures = _bench_llamacpp(files, threads, prompt_tokens, new_tokens, repeats, warmup)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -75,6 +75,12 @@ def _rotate_half_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _hf_rows(decoded: np.ndarray, module_name: str) -> np.ndarray:
+    """A decoded q/k weight of the tiny llama (4 query, 2 key-value heads) back in Hugging Face row order."""
+    heads = {"q_proj": 4, "k_proj": 2}.get(module_name.rsplit(".", 1)[1])
+    return _rotate_half_rows(decoded, heads) if heads else decoded
+
+
 def _logits(model) -> torch.Tensor:
     with torch.no_grad():
         return model(IDS).logits
@@ -184,8 +190,7 @@ def test_quantized_layers_are_written_exactly_as_gguf_blocks(tmp_path, token_win
         record = records[name]
         assert (record["type"], record["exact"], record["fallback_reason"]) == (qtype, True, None)
         stored, decoded = tensors[record["name"]]
-        heads = {"q_proj": 4, "k_proj": 2}.get(name.rsplit(".", 1)[1])
-        decoded = _rotate_half_rows(decoded, heads) if heads else decoded
+        decoded = _hf_rows(decoded, name)
         assert stored == qtype
         np.testing.assert_array_equal(decoded, _reference_blocks(layer, qtype))  # exact but for float16 scales
         weight = layer.dequantize().numpy()
@@ -211,8 +216,7 @@ def test_layers_quantized_on_a_gguf_grid_decode_to_netslims_weights(tmp_path, to
     assert len(layers) == 14
     for name, layer in layers.items():
         stored, decoded = tensors[records[name]["name"]]
-        heads = {"q_proj": 4, "k_proj": 2}.get(name.rsplit(".", 1)[1])
-        decoded = _rotate_half_rows(decoded, heads) if heads else decoded
+        decoded = _hf_rows(decoded, name)
         assert stored == qtype
         weight = layer.dequantize().numpy()
         if qtype in ("Q4_1", "Q5_1"):  # s * (code - (-m / s)) against d * code + m: float32 rounding only
@@ -245,8 +249,7 @@ def test_layers_quantized_on_a_kquant_grid_are_written_as_kquants(tmp_path, toke
     for name, layer in layers.items():
         assert (records[name]["type"], records[name]["exact"]) == (qtype, True)
         stored, decoded = tensors[records[name]["name"]]
-        heads = {"q_proj": 4, "k_proj": 2}.get(name.rsplit(".", 1)[1])
-        decoded = _rotate_half_rows(decoded, heads) if heads else decoded
+        decoded = _hf_rows(decoded, name)
         weight = layer.dequantize().numpy()
         np.testing.assert_allclose(decoded, weight, rtol=0, atol=1e-6 * np.abs(weight).max())
 
@@ -283,8 +286,7 @@ def test_grids_without_a_gguf_block_type_fall_back_to_dequantized_weights(tmp_pa
     assert all(t["exact"] == (fallback == "F32") for t in fell_back)
     for record in fell_back:
         decoded = tensors[record["name"]][1]
-        heads = {"q_proj": 4, "k_proj": 2}.get(record["source"].rsplit(".", 1)[1])
-        decoded = _rotate_half_rows(decoded, heads) if heads else decoded
+        decoded = _hf_rows(decoded, record["source"])
         weight = layers[record["source"]].dequantize().numpy()
         tol = {"F32": 0, "F16": 1e-3, "Q8_0": 1e-2}[fallback] * np.abs(weight).max()
         np.testing.assert_allclose(decoded, weight, atol=tol, rtol=0)
