@@ -54,6 +54,16 @@ from netslim.eval import llamacpp  # noqa: E402
 
 FILES = RESULTS.parent / "gguf_files"  # the exported files (not committed)
 PRESETS = ("Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M")
+# llama.cpp's K-quant presets give more bits to attn_v and ffn_down in these layers of a 30-block
+# model (its use_more_bits rule: the first and last eighth, and every third block between)
+MORE_BITS = [i for i in range(30) if i < 30 // 8 or i >= 7 * 30 // 8 or (i - 30 // 8) % 3 == 2]
+LESS_BITS = [i for i in range(30) if i not in MORE_BITS]
+
+
+def _layers(blocks: list[int], projection: str) -> list[str]:
+    return [f"model.layers.{i}.{projection}" for i in blocks]
+
+
 CONFIGS = {
     "dense q4_0": {"stages": [], "type": "q4_0", "embeddings": "q8_0"},
     "gptq4 q4_0": {"stages": [{"method": "gptq", "gguf": "q4_0"}], "embeddings": "q8_0"},
@@ -66,6 +76,16 @@ CONFIGS = {
         {"method": "gptq", "gguf": "q4_0", "ignore": ["*.o_proj", "*.v_proj", "*.down_proj"]},
         {"method": "gptq", "gguf": "q5_0", "ignore": ["*.q_proj", "*.k_proj", "*.gate_proj", "*.up_proj", "*.down_proj"]},
         {"method": "gptq", "gguf": "q4_k", "ignore": ["*_attn.*", "*.gate_proj", "*.up_proj"]}], "embeddings": "q8_0"},
+    # llama.cpp's Q4_K_M layout on this model: q5_0 (the q4_k fallback) everywhere, q8_0 (the q6_k fallback)
+    # for attn_v and q6_k for ffn_down in the MORE_BITS blocks, q4_k for the other ffn_down
+    "gptq 5/6/8-bit, Q4_K_M layout": {"stages": [
+        {"method": "gptq", "gguf": "q5_0", "ignore": ["*.down_proj", *_layers(MORE_BITS, "self_attn.v_proj")]},
+        {"method": "gptq", "gguf": "q8_0",
+         "ignore": ["*.q_proj", "*.k_proj", "*.o_proj", "*.mlp.*", *_layers(LESS_BITS, "self_attn.v_proj")]},
+        {"method": "gptq", "gguf": "q6_k", "ignore": ["*_attn.*", "*.gate_proj", "*.up_proj",
+                                                     *_layers(LESS_BITS, "mlp.down_proj")]},
+        {"method": "gptq", "gguf": "q4_k", "ignore": ["*_attn.*", "*.gate_proj", "*.up_proj",
+                                                     *_layers(MORE_BITS, "mlp.down_proj")]}], "embeddings": "q8_0"},
     "width 30% + gptq4 q4_0": {"stages": [{"method": "width", "score": "flap", "ratio": 0.3, "neuron_multiple": 32},
                                           {"method": "gptq", "gguf": "q4_0"}], "embeddings": "q8_0"},
     "depth 20% + gptq4 q4_0": {"stages": [{"method": "depth", "score": "block_influence", "ratio": 0.2},
