@@ -9,12 +9,13 @@ from transformers import AutoModelForCausalLM
 import netslim
 from netslim.errors import ConfigError, ModelNotFoundError, OutputExistsError
 from netslim.job import Protocol, compress_job
+from tiny_models import eval_text_beside
 
 PROTO = dict(seqlen=32, calib_windows=4, eval_windows=3, seed=0)
 
 
 def _protocol(text):
-    return Protocol(calib=str(text), eval=str(text), **PROTO)
+    return Protocol(calib=str(text), eval=str(eval_text_beside(text)), **PROTO)
 
 
 def test_job_writes_a_complete_report(tiny_folder, tmp_path):

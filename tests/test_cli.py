@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from netslim.cli import app
+from tiny_models import eval_text_beside
 
 runner = CliRunner()
 
@@ -49,7 +50,7 @@ def test_missing_model_and_existing_output(tiny_folder, tmp_path):
 def test_compress_eval_info_end_to_end(tiny_folder, tmp_path):
     folder, text = tiny_folder
     out = tmp_path / "o"
-    common = ["--seqlen", 32, "--eval", text, "--eval-windows", 3]
+    common = ["--seqlen", 32, "--eval", eval_text_beside(text), "--eval-windows", 3]
     result = _run("compress", folder, "--out", out, "--method", "wanda", "--pattern", "2:4",
                   "--calib", text, "--calib-windows", 4, *common)
     assert result.exit_code == 0, result.output

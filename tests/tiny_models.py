@@ -6,6 +6,8 @@ the path); ``conftest`` is not importable by name, since several folders have on
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers as T
 
@@ -61,6 +63,15 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
             if "norm" in name or "ln_" in name:
                 p.add_(0.1 * torch.randn_like(p))
     return model.eval()
+
+
+def eval_text_beside(text: Path) -> Path:
+    """A held-out text file next to ``text`` (``eval.txt``) that shares no 13-word run with it:
+    netslim refuses calibration windows drawn from the text it evaluates on."""
+    held_out = Path(text).with_name("eval.txt")
+    if not held_out.exists():
+        held_out.write_text(" ".join(f"a sleepy cat {i} naps under the old red tree." for i in range(400)))
+    return held_out
 
 
 def char_tokenizer():

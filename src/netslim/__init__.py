@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 # Names are imported on first use (PEP 562), so `import netslim` and `netslim --help` stay fast:
 # the LLM engine pulls in transformers, which takes seconds to import.
 _EXPORTS = {
-    "netslim.api": ("CompressionResult", "Evaluation", "calibration", "compress", "evaluate", "export_gguf"),
+    "netslim.api": ("CompressionResult", "Evaluation", "calibration", "compress", "evaluate", "export_gguf",
+                    "recover"),
     "netslim.job": ("Protocol", "compress_job"),
     "netslim.errors": ("NetslimError",),
     "netslim.eval.similarity": ("evaluate_similarity",),
@@ -21,7 +22,7 @@ _EXPORTS = {
     "netslim.export.save": ("save",),
     "netslim.graph.api": ("ChannelPruneConfig", "ChannelPruneResult", "prune_channels"),
     "netslim.methods": ("ASVDConfig", "ChannelsConfig", "DepthConfig", "EoRAConfig", "GPTQConfig", "MagnitudeConfig",
-                        "RTNConfig", "SVDConfig", "SVDLLMConfig", "SliceGPTConfig", "SparseGPTConfig", "WandaConfig",
+                        "RTNConfig", "RecoverConfig", "SVDConfig", "SVDLLMConfig", "SliceGPTConfig", "SparseGPTConfig", "WandaConfig",
                         "WidthConfig", "method_names"),
     "netslim.models.loading": ("LoadedModel", "load_model"),
     "netslim.models.zoo": ("PretrainedModel", "load_pretrained"),

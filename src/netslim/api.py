@@ -18,16 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from netslim.data.sources import resolve_text
+from netslim.data.select import check_disjoint, dsir_select
+from netslim.data.sources import TextSource, resolve_text
 from netslim.data.windows import TokenWindows, calibration_windows, evaluation_windows, tokenize
-from netslim.engine.records import LayerRecord
+from netslim.engine.records import LayerRecord, RunLog
 from netslim.engine.sequential import run_stages
 from netslim.errors import ConfigError, NetslimError
 from netslim.eval.perplexity import Perplexity, perplexity
 from netslim.eval.report import Report
 from netslim.eval.size import ModelSize, model_size
 from netslim.graph.plan import SlimPlan
-from netslim.methods.base import MethodConfig
+from netslim.methods.base import MethodConfig, Scope
 from netslim.methods.preflight import check_recipe, check_seqlen, model_shape
 from netslim.models.adapter import ModelAdapter
 from netslim.models.loading import LoadedModel, load_model
@@ -53,6 +54,7 @@ class CompressionResult:
         report: The typed report, when a job evaluated before and after.
         plan: The channel cuts of a graph-pruned vision or encoder model (replayable on the
             zoo model; ``None`` for causal LMs).
+        recovery: One summary per ``recover`` stage (mode, windows, steps, tokens, losses, seconds).
     """
 
     model: nn.Module
@@ -65,6 +67,7 @@ class CompressionResult:
     source: str = "in-memory model"
     report: Report | None = field(default=None)
     plan: SlimPlan | None = None
+    recovery: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -132,14 +135,28 @@ def calibration(
     windows: int = 64,
     seqlen: int = 512,
     seed: int = 0,
+    target: str | None = None,
 ) -> TokenWindows:
-    """Seeded random calibration windows from a text file or ``wikitext2:valid``."""
+    """Seeded random calibration windows from a text file or ``wikitext2:valid``.
+
+    Args:
+        target: A text to resample toward: the windows are then drawn, without replacement,
+            from the non-overlapping windows of ``source`` by DSIR importance weights
+            (:func:`netslim.data.select.dsir_select`), e.g. to calibrate on the part of a
+            general text that looks like the user's domain.
+    """
     model, tokenizer, origin = _unpack(model, tokenizer)
     if tokenizer is None:
         raise _no_tokenizer("building calibration windows from text", origin)
     check_seqlen(model.config, seqlen)
     text = resolve_text(source, default_split="valid")
-    return calibration_windows(tokenize(tokenizer, text.text), seqlen, windows, seed, bos_id(model, tokenizer), text.name)
+    ids, bos = tokenize(tokenizer, text.text), bos_id(model, tokenizer)
+    if target is None:
+        return calibration_windows(ids, seqlen, windows, seed, bos, text.name)
+    goal = resolve_text(target, default_split="valid")
+    pool = evaluation_windows(ids, seqlen, None, bos, text.name)
+    chosen = dsir_select(pool.ids, tokenize(tokenizer, goal.text), windows, seed)
+    return TokenWindows(pool.ids[chosen], f"{text.name} (DSIR toward {goal.name})", seqlen, seed, bos is not None)
 
 
 def compress(
@@ -150,6 +167,7 @@ def compress(
     tokenizer: Any = None,
     progress: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
+    held_out: str | TextSource | None = None,
 ) -> CompressionResult:
     """Compress ``model`` in place with the stages of ``recipe``.
 
@@ -165,25 +183,107 @@ def compress(
         checkpoint_dir: Folder for per-block checkpoints; calling again with the same model,
             recipe, calibration data and folder resumes after the last finished block
             (``seconds`` then includes the time earlier runs spent on the restored blocks).
+        held_out: The text the model will be evaluated on (a source such as
+            ``wikitext2:test``): calibration and recovery windows that share
+            long runs of words with it are refused (:func:`netslim.data.select.check_disjoint`).
+
+    Model-scope stages (``recover``) run between the engine's passes; their data is prepared
+    on the model as given, before the first stage (the dense teacher's outputs are cached then).
     """
     stages = parse_recipe(recipe)
     module, tokenizer, source = _unpack(model, tokenizer)
     adapter = ModelAdapter.from_model(module)
     check_recipe(stages, model_shape(adapter))  # a chain that cannot run fails before any work
     windows = _calibration_windows(module, tokenizer, stages, calibration)
+    held = _held_out(held_out)
+    if held is not None and windows is not None:
+        if tokenizer is None:
+            raise _no_tokenizer("checking calibration windows against the held-out text", source)
+        check_disjoint(tokenizer.batch_decode(windows.ids, skip_special_tokens=True), held, "calibration")
     start = time.perf_counter()
-    timing: dict[str, float] = {}
-    run = run_stages(adapter, stages, windows, progress=progress, checkpoint_dir=checkpoint_dir, timing=timing)
+    handlers = {i: cfg.handler() for i, cfg in enumerate(stages) if cfg.scope is Scope.MODEL}
+    for i, handler in handlers.items():
+        handler.prepare(stages[i], adapter, tokenizer, held, bos_id(module, tokenizer), progress)
+    log, resolved, recovery, restored = RunLog(), [], [], 0.0
+    for first, segment in _segments(stages):
+        if segment[0].scope is Scope.MODEL:
+            recovery.append(handlers[first].act_model(segment[0], adapter, log, checkpoint_dir, progress))
+            resolved.append(segment[0])
+            continue
+        timing: dict[str, float] = {}
+        run = run_stages(adapter, segment, windows, progress=progress, checkpoint_dir=checkpoint_dir, timing=timing)
+        log.merge(run.layers)
+        resolved.extend(run.stages)
+        restored += timing["restored_seconds"]
     return CompressionResult(
         model=module,
         tokenizer=tokenizer,
-        recipe=run.stages,
-        layers=run.layers,
+        recipe=resolved,
+        layers=log.as_list(),
         calibration=windows.describe() if windows is not None else None,
-        seconds=time.perf_counter() - start + timing["restored_seconds"],
+        seconds=time.perf_counter() - start + restored,
         peak_rss_bytes=peak_rss_bytes(),
         source=source,
+        recovery=recovery,
     )
+
+
+def recover(
+    model: nn.Module | LoadedModel | str,
+    dense: nn.Module | LoadedModel | str | None,
+    config: MethodConfig | dict | None = None,
+    *,
+    tokenizer: Any = None,
+    held_out: str | TextSource | None = "wikitext2:test",
+    progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Fine-tune an already compressed ``model`` in place, keeping its structure (a ``recover`` stage).
+
+    Example:
+        >>> netslim.compress(lm, {"method": "wanda", "ratio": 0.5, "pattern": "2:4"})
+        >>> netslim.recover(lm, netslim.load_model("smollm2-135m"), {"method": "recover", "mode": "lora"})
+
+    Args:
+        dense: The uncompressed model, the teacher of ``kd`` and the reference of
+            ``select=paser`` (``None`` for ``loss=ce`` with random or dsir selection).
+        config: A :class:`~netslim.methods.recover.RecoverConfig` or its settings (default: LoRA, kd).
+        held_out: The evaluation text the recovery windows must not overlap.
+
+    Returns:
+        The stage's summary (steps, tokens, selected windows, losses, seconds).
+    """
+    (cfg,) = parse_recipe(config if config is not None else {"method": "recover"})
+    if cfg.scope is not Scope.MODEL:
+        raise ConfigError(f"netslim.recover runs a recover stage, not {cfg.method}; use netslim.compress for that")
+    module, tokenizer, _ = _unpack(model, tokenizer)
+    adapter = ModelAdapter.from_model(module)
+    check_recipe([cfg], model_shape(adapter))
+    needs_dense = cfg.needs_teacher or cfg.select == "paser"
+    if needs_dense and dense is None:
+        raise ConfigError(f"recover with loss={cfg.loss}, select={cfg.select} needs the dense model: pass dense=")
+    reference = ModelAdapter.from_model(_unpack(dense, tokenizer)[0]) if dense is not None else adapter
+    held = _held_out(held_out)
+    handler = cfg.handler()
+    handler.prepare(cfg, reference, tokenizer, held, bos_id(module, tokenizer), progress)
+    return handler.act_model(cfg, adapter, RunLog(), checkpoint_dir, progress)
+
+
+def _segments(stages: list[MethodConfig]) -> list[tuple[int, list[MethodConfig]]]:
+    """(index of the first stage, stages): runs of engine stages, and each model-scope stage alone."""
+    segments: list[tuple[int, list[MethodConfig]]] = []
+    for i, cfg in enumerate(stages):
+        if cfg.scope is not Scope.MODEL and segments and segments[-1][1][0].scope is not Scope.MODEL:
+            segments[-1][1].append(cfg)
+        else:
+            segments.append((i, [cfg]))
+    return segments
+
+
+def _held_out(held_out: str | TextSource | None) -> TextSource | None:
+    if held_out is None or isinstance(held_out, TextSource):
+        return held_out
+    return resolve_text(held_out, default_split="test")
 
 
 def _calibration_windows(model, tokenizer, stages, given) -> TokenWindows | None:

@@ -59,6 +59,7 @@ def _run(fn, *args, resumable: bool = False, **kwargs):
     "  netslim compress ./my-llama --recipe recipe.yaml --calib notes.txt --out slim/\n\n"
     "  netslim compress smollm2-135m --method gptq --set bits=4 --set group_size=128 --out q4/\n\n"
     "  netslim compress smollm2-135m --method gptq --set gguf=q4_0 --out q4/   (llama.cpp's Q4_0 grid)\n\n"
+    "  netslim compress smollm2-135m --method sparsegpt --pattern 2:4 --recover lora --out s24/\n\n"
     "  netslim compress efficientnet-lite0 --method channels --ratio 0.3 --set measure=macs --set importance=taylor --out lite/\n\n"
     "  netslim compress all-minilm-l6-v2 --method channels --ratio 0.3 --out minilm/"
 )
@@ -75,11 +76,16 @@ def compress(
     settings: Annotated[Optional[list[str]], typer.Option("--set", help="Another setting of --method as KEY=VALUE "
                                                           "(repeatable), e.g. --set bits=4.")] = None,
     recipe: Annotated[Optional[Path], typer.Option(help="YAML/JSON recipe file instead of --method.")] = None,
+    recover: Annotated[Optional[str], typer.Option(help="Fine-tune after compressing, keeping its structure: lora, "
+                                                   "norms or masked (distilled from the dense model on "
+                                                   "wikitext2:valid; other settings: a recover stage in --recipe).")] = None,
     calib: Annotated[str, typer.Option(help="Calibration text: a UTF-8 .txt file, wikitext2[:valid] "
                                        "(packaged) or wikitext2-raw:valid (hub).")] = "wikitext2:valid",
     eval_file: EvalFile = "wikitext2:test",
     seqlen: Seqlen = 512,
     calib_windows: Annotated[int, typer.Option(help="Number of calibration windows.")] = 64,
+    calib_target: Annotated[Optional[str], typer.Option(help="Draw the calibration windows of --calib by DSIR "
+                                                        "importance resampling toward this text (your domain).")] = None,
     eval_windows: EvalWindows = 80,
     seed: Annotated[int, typer.Option(help="Seed for drawing calibration windows.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
@@ -114,7 +120,9 @@ def compress(
         stage = {"method": method, **extra}
         stage.update({k: v for k, v in (("ratio", ratio), ("pattern", pattern)) if v is not None})
         stages = [stage]
-    protocol = _run(Protocol, seqlen, calib, calib_windows, eval_file, eval_windows or None, seed)
+    if recover is not None:
+        stages = [*stages, {"method": "recover", "mode": recover}]
+    protocol = _run(Protocol, seqlen, calib, calib_windows, eval_file, eval_windows or None, seed, calib_target)
     result = _run(compress_job, model, stages, out, protocol, overwrite, storage_format=storage, resumable=True)
     _print_summary(result.report)
     console.print(f"wrote {out}")

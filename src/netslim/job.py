@@ -24,6 +24,7 @@ import torch
 
 from netslim.api import CompressionResult, calibration, check_finite, compress, evaluate, peak_rss_bytes
 from netslim.data import resolve_text
+from netslim.data.select import check_disjoint
 from netslim.engine.sequential import check_llm_stages
 from netslim.errors import ConfigError, NetslimError
 from netslim.eval.flops import count_macs
@@ -49,7 +50,9 @@ class Protocol:
     """How quality is measured and where calibration data comes from.
 
     The defaults are the small protocol of the project (seqlen 512, 64 calibration windows of
-    WikiText-2 valid with seed 0, the first 80 windows of WikiText-2 test).
+    WikiText-2 valid with seed 0, the first 80 windows of WikiText-2 test). With
+    ``calib_target``, the calibration windows are resampled from ``calib`` toward that text
+    (DSIR) instead of drawn at random.
     """
 
     seqlen: int = 512
@@ -58,6 +61,7 @@ class Protocol:
     eval: str = "wikitext2:test"
     eval_windows: int | None = 80
     seed: int = 0
+    calib_target: str | None = None
 
     def __post_init__(self) -> None:
         if self.seqlen < 2:
@@ -102,7 +106,7 @@ def compress_job(
     if graph and storage_format == "packed":
         raise ConfigError(f"{source} is stored as a dense pruned model; use --format auto or dense")
     if out is not None:
-        check_output(out, overwrite, inputs=[source] if graph else [source, protocol.calib, protocol.eval])
+        check_output(out, overwrite, inputs=[source] if graph else _text_inputs(stages, protocol, source))
         check_writable(cache_dir(), "the netslim cache ($NETSLIM_CACHE)")
     if graph:
         result = _graph_run(load_task(source), stages, threads)
@@ -113,6 +117,13 @@ def compress_job(
         if not graph:
             shutil.rmtree(_checkpoint_dir(out), ignore_errors=True)
     return result
+
+
+def _text_inputs(stages: list[MethodConfig], protocol: Protocol, source: str) -> list[str]:
+    """The model and every text the job reads (an output may not lie inside or around any)."""
+    texts = [protocol.calib, protocol.eval, protocol.calib_target]
+    texts += [t for stage in stages for t in stage.texts()]
+    return [source, *(t for t in texts if t)]
 
 
 def check_stage_kinds(source: str, stages: list[MethodConfig], graph: bool) -> None:
@@ -134,9 +145,14 @@ def _language_run(source: str, stages: list[MethodConfig], protocol: Protocol, p
                   storage_format: str, out) -> CompressionResult:
     """Load, measure, calibrate, compress and measure a causal LM."""
     needs_calibration = any(stage.needs_calibration for stage in stages)
-    resolve_text(protocol.eval)  # a missing or unreadable text fails here, before any work
+    held_out = resolve_text(protocol.eval)  # a missing or unreadable text fails here, before any work
     if needs_calibration:
-        resolve_text(protocol.calib)
+        check_disjoint([resolve_text(protocol.calib, default_split="valid").text], held_out, "calibration")
+        if protocol.calib_target is not None:
+            resolve_text(protocol.calib_target, default_split="valid")
+    for stage in stages:  # a recover stage's recovery text (and DSIR target)
+        for text in stage.texts():
+            check_disjoint([resolve_text(text, default_split="valid").text], held_out, f"{stage.method} stage's")
     saved = _saved_config(source)
     if saved is not None:  # a local folder: check the recipe on its config, before reading weights
         config, modules = saved
@@ -154,9 +170,10 @@ def _language_run(source: str, stages: list[MethodConfig], protocol: Protocol, p
                            "outputs overflow, so there is nothing to compress")
     windows = None
     if needs_calibration:
-        windows = calibration(lm, source=protocol.calib, windows=protocol.calib_windows, seqlen=protocol.seqlen, seed=protocol.seed)
+        windows = calibration(lm, source=protocol.calib, windows=protocol.calib_windows, seqlen=protocol.seqlen, seed=protocol.seed,
+                              target=protocol.calib_target)
     checkpoints = _checkpoint_dir(out) if out is not None else None
-    result = compress(lm, stages, windows, progress=progress, checkpoint_dir=checkpoints)
+    result = compress(lm, stages, windows, progress=progress, checkpoint_dir=checkpoints, held_out=protocol.eval)
     check_finite(lm.model, "the compressed model")
     if out is not None:  # measure exactly the values the folder will hold (fp16 beside quantized layers)
         round_for_storage(result.model, format=storage_format)
@@ -171,6 +188,7 @@ def _language_run(source: str, stages: list[MethodConfig], protocol: Protocol, p
         compress_seconds=result.seconds,
         peak_rss_bytes=result.peak_rss_bytes,
         layers=[record.as_dict() for record in result.layers],
+        recovery=result.recovery,
     )
     return result
 

@@ -11,7 +11,7 @@ import netslim.job
 from netslim.cli import app
 from netslim.errors import ConfigError, NetslimError
 from netslim.job import Protocol, compress_job
-from tiny_models import tiny_model
+from tiny_models import eval_text_beside, tiny_model
 
 PROTO = dict(seqlen=32, calib_windows=2, eval_windows=2, seed=0)
 
@@ -27,7 +27,7 @@ def no_loading(monkeypatch):
 
 
 def _job(folder, text, recipe, out, **proto):
-    protocol = Protocol(calib=str(text), eval=str(text), **{**PROTO, **proto})
+    protocol = Protocol(calib=str(text), eval=str(eval_text_beside(text)), **{**PROTO, **proto})
     return compress_job(str(folder), recipe, out, protocol, progress=False)
 
 
@@ -180,6 +180,18 @@ def test_a_folder_without_tokenizer_gets_a_cli_sized_message(tmp_path):
 def test_format_dense_of_what_plain_transformers_cannot_hold_is_refused_before_loading(tiny_folder, tmp_path, no_loading,
                                                                                          recipe):
     folder, text = tiny_folder
-    protocol = Protocol(calib=str(text), eval=str(text), **PROTO)
+    protocol = Protocol(calib=str(text), eval=str(eval_text_beside(text)), **PROTO)
     with pytest.raises(ConfigError, match="--format dense .* cannot hold"):
         compress_job(str(folder), recipe, tmp_path / "o", protocol, progress=False, storage_format="dense")
+
+
+@pytest.mark.parametrize("recipe", [[{"method": "wanda"}],
+                                    [{"method": "magnitude"}, {"method": "recover", "data": "TEXT", "loss": "ce"}]])
+def test_calibration_or_recovery_on_the_evaluation_text_is_refused_before_loading(tiny_folder, tmp_path, no_loading,
+                                                                                   recipe):
+    folder, text = tiny_folder
+    recipe = [{k: str(text) if v == "TEXT" else v for k, v in stage.items()} for stage in recipe]
+    calib = str(text) if recipe[0]["method"] == "wanda" else str(eval_text_beside(text))
+    protocol = Protocol(calib=calib, eval=str(text), **PROTO)
+    with pytest.raises(ConfigError, match="overlaps the evaluation text"):
+        compress_job(str(folder), recipe, tmp_path / "o", protocol, progress=False)

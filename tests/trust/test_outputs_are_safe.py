@@ -12,6 +12,7 @@ import pytest
 from netslim.errors import ConfigError, NetslimError, OutputExistsError
 from netslim.export.atomic import OWNER_FILE, PARTIAL_FILE, atomic_folder, check_output
 from netslim.job import Protocol, compress_job
+from tiny_models import eval_text_beside
 
 PROTO = dict(seqlen=32, calib_windows=2, eval_windows=2, seed=0)
 RECIPE = [{"method": "magnitude", "ratio": 0.5}]
@@ -31,12 +32,13 @@ def project(tiny_folder, tmp_path):
     os.replace(folder, proj / "llama")
     (proj / "notes.txt").write_text("my notes")
     os.replace(text, proj / "text.txt")
+    eval_text_beside(proj / "text.txt")
     return proj
 
 
 def _job(proj, out, overwrite=False):
     text = str(proj / "text.txt")
-    return compress_job(str(proj / "llama"), RECIPE, out, Protocol(calib=text, eval=text, **PROTO),
+    return compress_job(str(proj / "llama"), RECIPE, out, Protocol(calib=text, eval=str(proj / "eval.txt"), **PROTO),
                         overwrite=overwrite, progress=False)
 
 

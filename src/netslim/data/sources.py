@@ -10,6 +10,10 @@ A source is named by a string:
                             train split is not shipped.
     wikitext2-raw[:split]   the raw release ``wikitext-2-raw-v1`` from the Hugging Face hub
                             (test, valid or train; needs the ``datasets`` package and a network)
+    enwiki-sample           the 106 English Wikipedia articles (about 480k words) of the
+                            shortened dump in the ``gensim`` package's test data, wiki markup
+                            removed by gensim's own parser (needs ``pip install gensim``); real
+                            text for recovery and calibration that is not WikiText-2
 
 The environment variable ``NETSLIM_WIKITEXT2`` overrides the packaged copy: a folder holding
 ``test.txt`` / ``valid.txt`` (and ``train.txt`` for ``wikitext2:train``). No other place is
@@ -37,7 +41,9 @@ _SPLITS = {"test": "test", "valid": "valid", "validation": "valid", "train": "tr
 _LOCAL_NAMES = {"test": "test.txt", "valid": "valid.txt", "train": "train.txt"}
 _PACKAGED = {"test": "test.txt.gz", "valid": "valid.txt.gz"}
 _HUB_SPLITS = {"test": "test", "valid": "validation", "train": "train"}
-_SPELLINGS = "a .txt file, 'wikitext2[:test|valid]' or 'wikitext2-raw[:test|valid|train]'"
+ENWIKI_SAMPLE = "enwiki-sample"
+_ENWIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+_SPELLINGS = "a .txt file, 'wikitext2[:test|valid]', 'wikitext2-raw[:test|valid|train]' or 'enwiki-sample'"
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ def resolve_text(source: str | os.PathLike, default_split: str = "test") -> Text
             or holds no text, or the split is not available.
     """
     spec = str(source)
+    if spec == ENWIKI_SAMPLE:
+        return _enwiki_sample()
     for dataset in (WIKITEXT2_RAW, WIKITEXT2):
         if spec == dataset or spec.startswith(dataset + ":"):
             split = spec.split(":", 1)[1] if ":" in spec else default_split
@@ -157,3 +165,27 @@ def _wikitext2_raw(split: str) -> TextSource:
             "wikitext2:test|valid (shipped with netslim) or a .txt file"
         ) from None
     return TextSource(name=f"wikitext2-raw:{split} (hub wikitext-2-raw-v1)", text="\n\n".join(rows["text"]))
+
+
+def _enwiki_sample() -> TextSource:
+    """The articles of gensim's shortened English Wikipedia dump, as plain text (redirects dropped)."""
+    try:
+        import gensim  # noqa: PLC0415  (optional dependency)
+        from gensim.corpora.wikicorpus import extract_pages, filter_wiki  # noqa: PLC0415
+    except ImportError:
+        raise DataNotFoundError(f"{ENWIKI_SAMPLE} is read from the gensim package's test data: pip install gensim") from None
+    path = Path(gensim.__file__).parent / "test" / "test_data" / _ENWIKI_FILE
+    if not path.is_file():
+        raise DataNotFoundError(f"this gensim install has no {_ENWIKI_FILE} in its test data; reinstall gensim "
+                                "from its wheel, or pass a .txt file")
+    import bz2  # noqa: PLC0415
+
+    articles = []
+    with bz2.open(path) as dump:
+        for title, markup, _ in extract_pages(dump):
+            if markup.lstrip().lower().startswith("#redirect"):
+                continue
+            body = " ".join(filter_wiki(markup).replace("\'\'\'", "").replace("\'\'", "").split())
+            if body:
+                articles.append(f"{title}\n\n{body}")
+    return TextSource(name=f"{ENWIKI_SAMPLE} (gensim test data, {len(articles)} articles)", text="\n\n".join(articles))

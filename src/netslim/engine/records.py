@@ -150,6 +150,13 @@ class RunLog:
         """Records in the order modules were first touched."""
         return list(self.records.values())
 
+    def merge(self, records: list[LayerRecord]) -> None:
+        """Add the records of a later run on the same model: methods appended, values updated."""
+        for other in records:
+            record = self.records.setdefault(other.name, LayerRecord(other.name))
+            record.methods.extend(other.methods)
+            record.update({k: v for k, v in other.as_dict().items() if k not in ("name", "methods")})
+
     def restore(self, records: list[dict]) -> None:
         """Replace the records by those of a checkpoint (their JSON form)."""
         self.records = {r["name"]: LayerRecord.from_dict(r) for r in records}

@@ -75,6 +75,10 @@ def run_stages(
             stage (eora) has no earlier stage in its pass to compensate.
     """
     check_llm_stages(stages)
+    for cfg in stages:
+        if cfg.scope is Scope.MODEL:
+            raise ConfigError(f"method '{cfg.method}' acts on the whole model, not in a calibration pass; "
+                              "run it through netslim.compress, which calls it between the engine's passes")
     passes = _passes(stages)
     _check_compensation(passes)
     log = RunLog()

@@ -56,6 +56,7 @@ class Report:
         layers: Per-layer records (causal LMs, :class:`netslim.engine.records.LayerRecord`
             as JSON) or per-group cuts (graph pruning: group, units, kept).
         storage: The storage summary of the written folder (set by the folder writer).
+        recovery: One summary per ``recover`` stage (mode, windows, steps, tokens, losses, seconds).
     """
 
     kind: Literal["causal_lm", "channels"]
@@ -68,6 +69,7 @@ class Report:
     peak_rss_bytes: int
     layers: list[dict] = field(default_factory=list)
     storage: dict | None = None
+    recovery: list[dict] = field(default_factory=list)
 
     @property
     def params_removed(self) -> float:
@@ -95,8 +97,9 @@ class Report:
             out[side] = {k: out[side][k] for k in KINDS[self.kind]}
         derived = {"params_removed": self.params_removed, "macs_removed": self.macs_removed, "speedup": self.speedup}
         out.update({k: v for k, v in derived.items() if v is not None})
-        if out["storage"] is None:
-            del out["storage"]
+        for key in ("storage", "recovery"):
+            if not out[key]:
+                del out[key]
         return json_safe(out)
 
     @classmethod
@@ -114,7 +117,7 @@ class Report:
         return cls(kind=data.get("kind", "causal_lm"), model=data["model"], recipe=list(data["recipe"]),
                    protocol=dict(data["protocol"]), compress_seconds=float(data["compress_seconds"]),
                    peak_rss_bytes=int(data["peak_rss_bytes"]), layers=list(data.get("layers", data.get("groups", []))),
-                   storage=data.get("storage"), **sides)
+                   storage=data.get("storage"), recovery=list(data.get("recovery", [])), **sides)
 
 
 def json_safe(value: Any) -> Any:
@@ -153,6 +156,7 @@ def render_markdown(typed: Report) -> str:
         _row("compressed", comp),
         "",
         f"Compression took {report['compress_seconds']:.1f} s; peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB.",
+        *[_recovery_line(r) for r in report.get("recovery", [])],
         "",
         "## Layers",
         "",
@@ -162,6 +166,12 @@ def render_markdown(typed: Report) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _recovery_line(summary: dict[str, Any]) -> str:
+    return (f"Recovery ({summary['mode']}, loss {summary['loss']}, {summary['select']} windows of {summary['data']}): "
+            f"{summary['steps']} steps, {summary['tokens']:,} tokens, {summary['trained_params']:,} parameters trained, "
+            f"training loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}, {summary['seconds']:.0f} s.")
 
 
 def _head(report: dict[str, Any]) -> list[str]:

@@ -5,12 +5,14 @@ from netslim.methods import eora, lowrank  # noqa: F401  (registration side effe
 from netslim.methods import slicegpt  # noqa: F401  (registration side effect)
 from netslim.methods import gptq, rtn, sparsegpt  # noqa: F401  (registration side effect)
 from netslim.methods import channels  # noqa: F401  (registration side effect)
+from netslim.methods import recover  # noqa: F401  (registration side effect)
 from netslim.methods.base import MethodConfig, Scope
 from netslim.methods.channels import ChannelsConfig
 from netslim.methods.eora import EoRAConfig
 from netslim.methods.lowrank import ASVDConfig, LowRankConfig, SVDConfig, SVDLLMConfig
 from netslim.methods.depth import DepthConfig
 from netslim.methods.magnitude import MagnitudeConfig
+from netslim.methods.recover import RecoverConfig
 from netslim.methods.registry import build_config, get_method, method_names, register_method
 from netslim.methods.slicegpt import SliceGPTConfig
 from netslim.methods.gptq import GPTQConfig
@@ -33,6 +35,7 @@ __all__ = [
     "SliceGPTConfig",
     "GPTQConfig",
     "RTNConfig",
+    "RecoverConfig",
     "SparseGPTConfig",
     "WandaConfig",
     "WidthConfig",

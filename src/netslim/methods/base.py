@@ -18,6 +18,9 @@ handler instance per stage and calls its hooks in a fixed order:
 A layer method needs only ``act_layer``: decorating a function ``(layer, stats, cfg) -> dict``
 with ``register_method`` makes it one. ``Scope.GRAPH`` methods act on vision and encoder models
 (:mod:`netslim.models.tasks`) through :meth:`Handler.act_graph`, and never enter the engine.
+``Scope.MODEL`` stages (``recover``) never enter it either: :func:`netslim.compress` calls their
+:meth:`Handler.prepare` on the model as given, before the first stage, and their
+:meth:`Handler.act_model` at their turn, between the engine's runs of the other stages.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class Scope(str, enum.Enum):
     LAYER = "layer"  # each projection, in the engine's pass over the blocks (stages of this scope share a pass)
     BLOCK = "block"  # each whole block, in a pass of its own (heads, neurons, residual basis, removal)
     GRAPH = "graph"  # any nn.Module through its dependency graph (netslim.graph), not a causal-LM pass
+    MODEL = "model"  # the whole causal LM at once, outside the engine (training: recover)
 
 
 class MethodConfig(BaseModel):
@@ -154,6 +158,11 @@ class MethodConfig(BaseModel):
         """Whether this stage needs calibration data (for its statistics or its :meth:`plan`)."""
         return bool(self.needs)
 
+    def texts(self) -> list[str]:
+        """Text sources the stage reads besides the calibration text (``recover``'s recovery
+        text); the job checks them against the evaluation text before any work."""
+        return []
+
     def ignores(self, name: str) -> bool:
         """Whether module ``name`` matches an ignore pattern."""
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore)
@@ -191,6 +200,18 @@ class Handler:
 
     def finish(self, cfg: MethodConfig, adapter: ModelAdapter, log: RunLog) -> None:
         """After the last block (model-level changes: the LM head, the config, removed blocks)."""
+
+    def prepare(self, cfg: MethodConfig, adapter: ModelAdapter, tokenizer: Any, held_out: Any, bos_id: int | None,
+                progress: bool) -> None:
+        """``Scope.MODEL``: before the recipe's first stage, on the model as given (the dense
+        model: a teacher's outputs are cached here); ``held_out`` is the evaluation text (a TextSource)
+        its data must not overlap, or ``None``."""
+
+    def act_model(self, cfg: MethodConfig, adapter: ModelAdapter, log: RunLog, checkpoint_dir: Any,
+                  progress: bool) -> dict:
+        """``Scope.MODEL``: act on the whole model at the stage's turn (never called by the
+        engine: :func:`netslim.compress` calls it between engine runs); return a summary."""
+        raise NotImplementedError(f"{cfg.method}: a model-scope method implements act_model")
 
     def act_graph(self, task: Any, cfg: MethodConfig) -> Any:
         """``Scope.GRAPH``: prune a vision or encoder model (never called by the engine)."""
