@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from tiny_models import tiny_llama_with_bpe
 
 import netslim
