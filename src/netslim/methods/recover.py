@@ -17,8 +17,6 @@ Example recipe::
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +26,7 @@ from pydantic import Field, model_validator
 from netslim.data.select import check_disjoint, dsir_select, paser_select
 from netslim.data.sources import TextSource, resolve_text
 from netslim.data.windows import evaluation_windows, tokenize
+from netslim.engine.checkpoint import job_fingerprint
 from netslim.engine.records import RunLog
 from netslim.errors import ConfigError
 from netslim.methods.base import FLOAT, Handler, MethodConfig, Scope
@@ -187,7 +186,10 @@ class RecoverHandler(Handler):
         for p in model.parameters():
             p.requires_grad_(False)
         trainable = Trainable(cfg.mode, projections, norms, cfg.rank, cfg.alpha, cfg.seed)
-        checkpoint = None if checkpoint_dir is None else Path(checkpoint_dir) / f"recover-{self._key(cfg, model, ids)}.pt"
+        checkpoint = None  # keyed by the stage, its windows and the weights it starts from
+        if checkpoint_dir is not None:
+            key = job_fingerprint(adapter, [cfg.model_dump(mode="json")], ids)[:16]
+            checkpoint = Path(checkpoint_dir) / f"recover-{key}.pt"
         try:
             with torch.enable_grad():
                 history = train(model, trainable, ids, teacher, loss=cfg.loss, kd_weight=cfg.kd_weight,
@@ -209,13 +211,3 @@ class RecoverHandler(Handler):
                 "seconds": history["seconds"], "resumed_at_step": history["resumed_at"],
                 "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                 "losses": losses}
-
-    @staticmethod
-    def _key(cfg: RecoverConfig, model, ids: torch.Tensor) -> str:
-        """The job a checkpoint belongs to: the stage, its windows and the weights it starts from."""
-        digest = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
-        digest.update(ids.numpy().tobytes())
-        for name, tensor in model.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
-        return digest.hexdigest()[:16]
