@@ -10,7 +10,7 @@ row starts from a copy of its result. Times are wall seconds on this machine wit
 threads, one job at a time: the recovery minutes include caching the teacher, and a row's
 total (compression + recovery) is what the 30-minute goal counts.
 
-    OMP_NUM_THREADS=2 python benchmarks/recovery.py --only "sparsegpt 2:4 | lora kd, random"
+    OMP_NUM_THREADS=2 python benchmarks/recovery.py --only "sparsegpt 2:4 | lora kd, random | 196,608 tokens"
 """
 
 from __future__ import annotations
@@ -30,56 +30,54 @@ COMPRESSIONS = {
     "sparsegpt 2:4": [{"method": "sparsegpt", "ratio": 0.5, "pattern": "2:4"}],
     "wanda 50%": [{"method": "wanda", "ratio": 0.5}],
 }
-# every row: 8 windows of 512 tokens per step, bfloat16 autocast (this CPU has AMX), LoRA at lr 1e-3;
+# every row: 8 windows of 512 tokens per step, bfloat16 autocast (this CPU has AVX-512 BF16), LoRA at lr 1e-3;
 # min(512, tokens / 512) windows selected, so that the teacher caches no window that is never trained on
 BUDGET = {"batch_size": 8, "precision": "bfloat16"}
-# token budgets that fit 30 minutes on 2 cores with the teacher's caching: unmasked LoRA (FLAP,
-# SliceGPT) trains at about 1.7 s per window, masked LoRA (sparse layers) at about 4 s
-TOKENS = {"flap 50%": 327_680, "slicegpt 30%": 327_680, "sparsegpt 2:4": 131_072, "wanda 50%": 131_072}
 RECOVERIES = {
     "lora kd, random": {"mode": "lora", "loss": "kd", "select": "random", "lr": 1e-3},
     "lora kd, paser": {"mode": "lora", "loss": "kd", "select": "paser", "lr": 1e-3},
     "norms kd, random": {"mode": "norms", "loss": "kd", "select": "random"},
 }
 GOALS = {"flap 50%": 3.0, "sparsegpt 2:4": 1.5}  # perplexity at most this many times the dense one
+# (compression, recovery, token budget). The goal rows take what fits 30 minutes on 2 cores with the
+# teacher's caching: unmasked LoRA (FLAP, SliceGPT) trains at about 1.7 s per window, masked LoRA
+# (sparse layers) at about 2.7 s, the teacher 0.8 s. The comparisons (selected against random data,
+# norms against LoRA) share one smaller budget.
+COMPARISON_TOKENS = 65_536
+ROWS = [("flap 50%", "lora kd, random", 327_680), ("sparsegpt 2:4", "lora kd, random", 196_608),
+        ("slicegpt 30%", "lora kd, random", 131_072), ("wanda 50%", "lora kd, random", 131_072),
+        *((c, r, COMPARISON_TOKENS) for c in ("flap 50%", "sparsegpt 2:4") for r in RECOVERIES)]
 
 
-def rows_for(names):
-    """(compression, recovery or None) of every requested row name (``"<compression> | <recovery>"``)."""
-    pairs = []
-    for name in names:
-        compression, _, recovery = (part.strip() for part in name.partition("|"))
-        pairs.append((compression, recovery or None))
-    return pairs
+def row_name(compression: str, recovery: str, tokens: int) -> str:
+    return f"{compression} | {recovery} | {tokens:,} tokens"
 
 
 def main() -> None:
-    every = [f"{c} | {r}" for c in COMPRESSIONS for r in RECOVERIES]
+    every = {row_name(*row): row for row in ROWS}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", default=None, choices=every, help="rows to run")
-    parser.add_argument("--tokens", type=int, default=None, help="recovery token budget per row (default: TOKENS)")
+    parser.add_argument("--only", nargs="*", default=None, choices=list(every), help="rows to run")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = dense_baseline("recovery", quick=False)
     rows = run.rows
-    wanted = rows_for(args.only or every)
-    for compression in dict.fromkeys(c for c, _ in wanted):
+    wanted = [every[name] for name in args.only] if args.only else ROWS
+    for compression in dict.fromkeys(c for c, _, _ in wanted):
         lm = netslim.load_model(run.protocol["model"])
         start = time.perf_counter()
         netslim.compress(lm, COMPRESSIONS[compression], run.calib, progress=False, held_out=run.protocol["eval"])
         compress_seconds = time.perf_counter() - start
         before = netslim.evaluate(lm, data=run.windows, progress=False).ppl
-        for _, recovery in (pair for pair in wanted if pair[0] == compression):
+        for _, recovery, tokens in (row for row in wanted if row[0] == compression):
             model = copy.deepcopy(lm.model)
-            tokens = args.tokens or TOKENS[compression]
             stage = {"method": "recover", **BUDGET, "tokens": tokens, "windows": min(512, tokens // 512),
                      **RECOVERIES[recovery]}
             start = time.perf_counter()
             summary = netslim.recover(model, run.dense_lm.model, stage, tokenizer=lm.tokenizer, progress=True)
             seconds = time.perf_counter() - start
             after = netslim.evaluate(model, lm.tokenizer, data=run.windows, progress=False).ppl
-            rows[f"{compression} | {recovery}"] = {"total_minutes": (compress_seconds + seconds) / 60,
+            rows[row_name(compression, recovery, tokens)] = {"total_minutes": (compress_seconds + seconds) / 60,
                 "compression": COMPRESSIONS[compression], "recovery": stage, "compress_seconds": compress_seconds,
                 "ppl_before": before, "ppl_after": after, "ratio_before": before / run.dense["ppl"],
                 "ratio_after": after / run.dense["ppl"], "recover_seconds": seconds, "tokens": summary["tokens"],
@@ -94,8 +92,8 @@ def table(rows: dict, dense: dict, protocol: dict, threads: int) -> str:
     lines = ["| compression | recovery | ppl before | ppl after | x dense before | x dense after | goal | tokens "
              "| trained params | recovery min | total min |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key, r in rows.items():
-        compression, recovery = key.split(" | ")
-        goal = GOALS.get(compression)
+        compression, recovery, _ = key.split(" | ")
+        goal = GOALS.get(compression) if r["tokens"] != COMPARISON_TOKENS else None  # comparisons have none
         met = "-" if goal is None else f"<= {goal}x: {'met' if r['ratio_after'] <= goal else 'not met'}"
         lines.append(f"| {compression} | {recovery} | {r['ppl_before']:.2f} | {r['ppl_after']:.2f} | "
                      f"{r['ratio_before']:.2f}x | {r['ratio_after']:.2f}x | {met} | {r['tokens']:,} | "

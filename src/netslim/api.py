@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import os
 import resource
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netslim.data.select import check_disjoint, dsir_select
+from netslim.data.select import calibration_selection, check_disjoint, dsir_select, paser_select
 from netslim.data.sources import TextSource, resolve_text
 from netslim.data.windows import TokenWindows, calibration_windows, evaluation_windows, tokenize
 from netslim.engine.records import LayerRecord, RunLog
@@ -33,6 +34,7 @@ from netslim.methods.preflight import check_recipe, check_seqlen, model_shape
 from netslim.models.adapter import ModelAdapter
 from netslim.models.loading import LoadedModel, load_model
 from netslim.recipe import RecipeLike, parse_recipe
+from netslim.recovery.teacher import window_losses
 
 
 @dataclass
@@ -128,6 +130,9 @@ def bos_id(model: nn.Module, tokenizer: Any) -> int | None:
     return token if token is not None else getattr(model.config, "bos_token_id", None)
 
 
+PASER_POOL = 4  # select=paser scores this many candidate windows per calibration window
+
+
 def calibration(
     model: nn.Module | LoadedModel,
     tokenizer: Any = None,
@@ -136,27 +141,54 @@ def calibration(
     seqlen: int = 512,
     seed: int = 0,
     target: str | None = None,
+    select: str | None = None,
+    recipe: RecipeLike | None = None,
+    progress: bool = False,
 ) -> TokenWindows:
-    """Seeded random calibration windows from a text file or ``wikitext2:valid``.
+    """Calibration windows from a text file or ``wikitext2:valid``: seeded random ones, or chosen.
 
     Args:
-        target: A text to resample toward: the windows are then drawn, without replacement,
-            from the non-overlapping windows of ``source`` by DSIR importance weights
-            (:func:`netslim.data.select.dsir_select`), e.g. to calibrate on the part of a
-            general text that looks like the user's domain.
+        select: ``random`` (the default), ``dsir`` (the default when ``target`` is given) or
+            ``paser``.
+
+            - ``dsir``: the windows are drawn, without replacement, from the non-overlapping
+              windows of ``source`` by DSIR importance weights toward ``target``
+              (:func:`netslim.data.select.dsir_select`), e.g. to calibrate on the part of a
+              general text that looks like the user's domain.
+            - ``paser``: a draft of ``recipe`` (its calibrated stages, on random windows) runs on
+              a copy of the model, and the windows are the ones, among ``4 * windows``
+              candidates, whose loss it raised most, spread over n-gram clusters
+              (:func:`netslim.data.select.paser_select`). It costs a second compression and
+              a second copy of the model in memory.
+        target: The text ``dsir`` resamples toward.
+        recipe: The compression ``paser`` drafts.
     """
+    select = calibration_selection(select, target, recipe is not None)
     model, tokenizer, origin = _unpack(model, tokenizer)
     if tokenizer is None:
         raise _no_tokenizer("building calibration windows from text", origin)
     check_seqlen(model.config, seqlen)
     text = resolve_text(source, default_split="valid")
     ids, bos = tokenize(tokenizer, text.text), bos_id(model, tokenizer)
-    if target is None:
+    if select == "random":
         return calibration_windows(ids, seqlen, windows, seed, bos, text.name)
-    goal = resolve_text(target, default_split="valid")
     pool = evaluation_windows(ids, seqlen, None, bos, text.name)
-    chosen = dsir_select(pool.ids, tokenize(tokenizer, goal.text), windows, seed)
-    return TokenWindows(pool.ids[chosen], f"{text.name} (DSIR toward {goal.name})", seqlen, seed, bos is not None)
+    if select == "dsir":
+        goal = resolve_text(target, default_split="valid")
+        chosen = dsir_select(pool.ids, tokenize(tokenizer, goal.text), windows, seed)
+        return TokenWindows(pool.ids[chosen], f"{text.name} (DSIR toward {goal.name})", seqlen, seed, bos is not None)
+    stages = [stage for stage in parse_recipe(recipe) if stage.scope is not Scope.MODEL]
+    candidates = pool.ids[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
+                          [:min(len(pool), PASER_POOL * windows)]]
+    draft = copy.deepcopy(model)
+    compress(draft, stages, calibration_windows(ids, seqlen, windows, seed, bos, text.name), progress=progress)
+    rise = window_losses(draft, candidates, progress, "draft loss") - window_losses(model, candidates, progress,
+                                                                                      "dense loss")
+    del draft
+    chosen = paser_select(candidates, rise, windows, seed=seed)
+    names = "+".join(stage.method for stage in stages)
+    return TokenWindows(candidates[chosen], f"{text.name} (PASER after a {names} draft)", seqlen, seed,
+                        bos is not None)
 
 
 def compress(

@@ -84,6 +84,10 @@ def compress(
     eval_file: EvalFile = "wikitext2:test",
     seqlen: Seqlen = 512,
     calib_windows: Annotated[int, typer.Option(help="Number of calibration windows.")] = 64,
+    calib_select: Annotated[Optional[str], typer.Option(help="How the calibration windows of --calib are "
+                                                        "chosen: random, dsir (toward --calib-target) or paser "
+                                                        "(where a draft of the compression raised the loss most; "
+                                                        "a second compression).")] = None,
     calib_target: Annotated[Optional[str], typer.Option(help="Draw the calibration windows of --calib by DSIR "
                                                         "importance resampling toward this text (your domain).")] = None,
     eval_windows: EvalWindows = 80,
@@ -122,7 +126,8 @@ def compress(
         stages = [stage]
     if recover is not None:
         stages = [*stages, {"method": "recover", "mode": recover}]
-    protocol = _run(Protocol, seqlen, calib, calib_windows, eval_file, eval_windows or None, seed, calib_target)
+    protocol = _run(Protocol, seqlen, calib, calib_windows, eval_file, eval_windows or None, seed, calib_target,
+                    calib_select)
     result = _run(compress_job, model, stages, out, protocol, overwrite, storage_format=storage, resumable=True)
     _print_summary(result.report)
     console.print(f"wrote {out}")

@@ -24,7 +24,7 @@ import torch
 
 from netslim.api import CompressionResult, calibration, check_finite, compress, evaluate, peak_rss_bytes
 from netslim.data import resolve_text
-from netslim.data.select import check_disjoint
+from netslim.data.select import calibration_selection, check_disjoint
 from netslim.engine.sequential import check_llm_stages
 from netslim.errors import ConfigError, NetslimError
 from netslim.eval.flops import count_macs
@@ -50,9 +50,9 @@ class Protocol:
     """How quality is measured and where calibration data comes from.
 
     The defaults are the small protocol of the project (seqlen 512, 64 calibration windows of
-    WikiText-2 valid with seed 0, the first 80 windows of WikiText-2 test). With
-    ``calib_target``, the calibration windows are resampled from ``calib`` toward that text
-    (DSIR) instead of drawn at random.
+    WikiText-2 valid with seed 0, the first 80 windows of WikiText-2 test). ``calib_select``
+    chooses the calibration windows of ``calib`` (:func:`netslim.calibration`): at random, by
+    DSIR toward ``calib_target``, or by PASER after a draft of the recipe.
     """
 
     seqlen: int = 512
@@ -62,8 +62,10 @@ class Protocol:
     eval_windows: int | None = 80
     seed: int = 0
     calib_target: str | None = None
+    calib_select: str | None = None
 
     def __post_init__(self) -> None:
+        calibration_selection(self.calib_select, self.calib_target, drafted=True)
         if self.seqlen < 2:
             raise ConfigError(f"seqlen={self.seqlen}: a window needs at least 2 tokens")
         if self.calib_windows < 1:
@@ -171,7 +173,8 @@ def _language_run(source: str, stages: list[MethodConfig], protocol: Protocol, p
     windows = None
     if needs_calibration:
         windows = calibration(lm, source=protocol.calib, windows=protocol.calib_windows, seqlen=protocol.seqlen, seed=protocol.seed,
-                              target=protocol.calib_target)
+                              target=protocol.calib_target, select=protocol.calib_select, recipe=stages,
+                              progress=progress)
     checkpoints = _checkpoint_dir(out) if out is not None else None
     result = compress(lm, stages, windows, progress=progress, checkpoint_dir=checkpoints, held_out=protocol.eval)
     check_finite(lm.model, "the compressed model")

@@ -15,7 +15,7 @@ from netslim.data.select import check_disjoint, dsir_select, overlap_fractions, 
 from netslim.data.sources import TextSource
 from netslim.errors import ConfigError
 from netslim.recovery import loop
-from netslim.recovery.teacher import TopK, cache_teacher, topk_kd_loss
+from netslim.recovery.teacher import TopK, cache_teacher, cpu_has_bf16, topk_kd_loss, window_losses
 from netslim.training.distill import kd_divergence
 
 SEQLEN = 64
@@ -106,7 +106,8 @@ def test_cached_teacher_loss_equals_the_live_teacher_loss(llama):
     with torch.no_grad():
         student.model.layers[0].mlp.up_proj.weight.mul_(0.5)
     ids = torch.randint(0, len(tokenizer), (3, SEQLEN), generator=torch.Generator().manual_seed(1))
-    cache = cache_teacher(teacher, ids, 16, 1.5, progress=False)
+    cache, losses = cache_teacher(teacher, ids, 16, 1.5, progress=False)
+    assert torch.allclose(losses, window_losses(teacher, ids, progress=False))  # the same forwards give the loss
     for i in range(3):
         logits = student(input_ids=ids[i:i + 1]).logits
         with torch.no_grad():
@@ -230,6 +231,7 @@ def test_cli_recover_writes_the_recovery_into_the_report_and_the_model_reloads(t
     report = json.loads((out / "report.json").read_text())
     (summary,) = report["recovery"]
     assert summary["mode"] == "lora" and summary["steps"] == 4 and summary["tokens"] == 256
+    assert summary["precision"] == ("bfloat16" if cpu_has_bf16() else "float32")
     assert "Recovery (lora" in (out / "report.md").read_text()
     assert [s["method"] for s in report["recipe"]] == ["wanda", "recover"]
     check = ("import sys, netslim; m = netslim.load(sys.argv[1]).model; w = m.model.layers[0].mlp.up_proj.weight; "
@@ -252,6 +254,46 @@ def test_calibration_windows_resampled_toward_a_target_text(llama, tmp_path):
     assert sum("stock" in t for t in texts) == 8 and sum("fox" in t for t in texts) <= 1
     plain = netslim.calibration(model, tokenizer, source=str(pool), windows=8, seqlen=SEQLEN)
     assert sum("fox" in t for t in tokenizer.batch_decode(plain.ids)) >= 2  # random draws see both halves
+
+
+def test_paser_calibration_keeps_the_windows_a_draft_hurt_most_and_leaves_the_model_alone(llama, tmp_path,
+                                                                                           monkeypatch):
+    import netslim.api
+
+    model, tokenizer = llama
+    pool = tmp_path / "pool.txt"
+    pool.write_text(" ".join(f"the quick brown fox {i} jumps over the lazy dog." for i in range(300)) + " " +
+                    " ".join(f"stock prices fell {i} percent as markets closed lower." for i in range(300)))
+    fox = tokenizer(" fox", add_special_tokens=False).input_ids[-1]  # its last piece: no stock word has it
+    scored = []
+
+    def losses(net, ids, *args):  # the draft (it has zeros) loses 10 nats on fox text; the dense model nothing
+        scored.append(net is model)
+        drafted = any(bool((p == 0).any()) for p in net.parameters())
+        return torch.tensor([10.0 * drafted * bool((w == fox).any()) for w in ids])
+
+    monkeypatch.setattr(netslim.api, "window_losses", losses)
+    before = _weights(model)
+    recipe = [{"method": "wanda", "ratio": 0.5}, _stage(str(pool), loss="ce")]  # the draft skips recover
+    chosen = netslim.calibration(model, tokenizer, source=str(pool), windows=8, seqlen=SEQLEN, select="paser",
+                                 recipe=recipe)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the draft ran on a copy
+    assert sorted(scored) == [False, True]  # one pass with the draft, one with the model
+    assert chosen.ids.shape == (8, SEQLEN) and "PASER after a wanda draft" in chosen.source
+    assert sum(bool((w == fox).any()) for w in chosen.ids) >= 7  # the floor may leave one to the other text
+    plain = netslim.calibration(model, tokenizer, source=str(pool), windows=8, seqlen=SEQLEN)
+    assert sum(bool((w == fox).any()) for w in plain.ids) <= 6
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"select": "paser"}, "give recipe="),
+    ({"select": "dsir"}, "toward a target text"),
+    ({"select": "paser", "target": "x.txt", "recipe": {"method": "wanda"}}, "drop it"),
+    ({"select": "best"}, "use random, dsir or paser"),
+])
+def test_calibration_selection_refuses_what_cannot_run(llama, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        netslim.calibration(llama[0], llama[1], windows=4, seqlen=SEQLEN, **settings)
 
 
 def test_the_raw_release_of_the_evaluation_text_counts_as_overlap():
@@ -292,3 +334,12 @@ def test_merged_lora_computes_what_was_trained(sparse):
     assert torch.allclose(layer(x), trained, atol=1e-5)
     if sparse:
         assert (layer.weight[:, ::2] == 0).all()
+
+
+@pytest.mark.parametrize("precision, has_bf16, autocast", [("auto", True, True), ("auto", False, False),
+                                                           ("float32", True, False), ("bfloat16", False, True)])
+def test_precision_auto_takes_bfloat16_only_where_the_cpu_has_it(monkeypatch, precision, has_bf16, autocast):
+    import netslim.methods.recover as recover
+
+    monkeypatch.setattr(recover, "cpu_has_bf16", lambda: has_bf16)
+    assert recover.RecoverConfig(precision=precision).autocast is autocast

@@ -87,6 +87,29 @@ def _kmeans(points: np.ndarray, clusters: int, seed: int) -> np.ndarray:
     return labels
 
 
+SELECTIONS = ("random", "dsir", "paser")
+
+
+def calibration_selection(select: str | None, target: str | None, drafted: bool) -> str:
+    """The calibration selection that ``select`` and ``target`` ask for (``dsir`` when only a
+    target is given), refused with what to change when it cannot run.
+
+    Args:
+        drafted: Whether a recipe is at hand for ``paser``'s draft compression.
+    """
+    select = select or ("dsir" if target is not None else "random")
+    if select not in SELECTIONS:
+        raise ConfigError(f"calibration selection {select!r} is unknown; use random, dsir or paser")
+    if select == "dsir" and target is None:
+        raise ConfigError("calibration by dsir resamples toward a target text: give it (--calib-target FILE, "
+                          "or target= in Python)")
+    if select != "dsir" and target is not None:
+        raise ConfigError(f"a calibration target is the text dsir resamples toward; with {select} selection drop it")
+    if select == "paser" and not drafted:
+        raise ConfigError("calibration by paser keeps the windows a draft compression hurt most: give recipe=")
+    return select
+
+
 def paser_select(pool: torch.Tensor, loss_rise: torch.Tensor, count: int, clusters: int = 8,
                  seed: int = 0) -> torch.Tensor:
     """Indices (sorted) of ``count`` pool windows chosen by their loss increase, cluster by cluster.

@@ -171,7 +171,8 @@ def render_markdown(typed: Report) -> str:
 def _recovery_line(summary: dict[str, Any]) -> str:
     return (f"Recovery ({summary['mode']}, loss {summary['loss']}, {summary['select']} windows of {summary['data']}): "
             f"{summary['steps']} steps, {summary['tokens']:,} tokens, {summary['trained_params']:,} parameters trained, "
-            f"training loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}, {summary['seconds']:.0f} s.")
+            f"training loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}, {summary['seconds']:.0f} s"
+            f"{', ' + summary['precision'] if 'precision' in summary else ''}.")
 
 
 def _head(report: dict[str, Any]) -> list[str]:

@@ -13,7 +13,9 @@ loss.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -48,12 +50,17 @@ class TopK:
 
 @torch.no_grad()
 def cache_teacher(model: nn.Module, ids: torch.Tensor, k: int, temperature: float, progress: bool = True,
-                  autocast: bool = False) -> TopK:
+                  autocast: bool = False) -> tuple[TopK, torch.Tensor]:
     """Top-``k`` log-probabilities of ``model`` on every window of ``ids``, one window at a time
-    (``autocast``: forwards under bfloat16 CPU autocast, log-softmax in float32)."""
-    parts = [TopK.from_logits(logits(model, ids[i:i + 1], autocast), k, temperature)
-             for i in tqdm(range(ids.shape[0]), desc="teacher", unit="window", disable=not progress)]
-    return TopK(torch.cat([p.logprobs for p in parts]), torch.cat([p.ids for p in parts]), temperature)
+    (``autocast``: forwards under bfloat16 CPU autocast, log-softmax in float32), and from the
+    same forwards the (windows,) mean next-token cross-entropy of each window."""
+    parts, losses = [], []
+    for i in tqdm(range(ids.shape[0]), desc="teacher", unit="window", disable=not progress):
+        out = logits(model, ids[i:i + 1], autocast)
+        parts.append(TopK.from_logits(out, k, temperature))
+        losses.append(token_loss(out, ids[i:i + 1]))
+    top = TopK(torch.cat([p.logprobs for p in parts]), torch.cat([p.ids for p in parts]), temperature)
+    return top, torch.stack(losses).float()
 
 
 @torch.no_grad()
@@ -63,6 +70,17 @@ def window_losses(model: nn.Module, ids: torch.Tensor, progress: bool = True, de
     losses = [token_loss(logits(model, ids[i:i + 1], autocast), ids[i:i + 1])
               for i in tqdm(range(ids.shape[0]), desc=desc, unit="window", disable=not progress)]
     return torch.stack(losses).float()
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX-512 BF16 or AMX; read from Linux's
+    ``/proc/cpuinfo``, so ``False`` where that file is missing)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def logits(model: nn.Module, ids: torch.Tensor, autocast: bool = False) -> torch.Tensor:
