@@ -26,6 +26,8 @@ def _run(*args):
         (["--method", "wanda", "--recipe", "r.yaml"], "either --recipe or --method"),
         (["--recipe", "missing.yaml"], "recipe file 'missing.yaml' not found"),
         (["--method", "wanda", "--calib", "missing.txt"], "text file 'missing.txt' not found"),
+        (["--method", "wanda", "--calib-select", "dsir"], "give it (--calib-target FILE"),
+        (["--method", "wanda", "--calib-select", "paser", "--calib-target", "t.txt"], "drop it"),
     ],
 )
 def test_compress_errors(tiny_folder, tmp_path, args, message):
@@ -36,6 +38,16 @@ def test_compress_errors(tiny_folder, tmp_path, args, message):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
     assert "Traceback" not in result.output
+
+
+def test_paser_calibration_from_the_command_line(tiny_folder, tmp_path):
+    folder, text = tiny_folder
+    out = tmp_path / "o"
+    result = _run("compress", folder, "--out", out, "--method", "wanda", "--calib", text, "--calib-windows", 4,
+                  "--calib-select", "paser", "--seqlen", 32, "--eval", eval_text_beside(text), "--eval-windows", 3)
+    assert result.exit_code == 0, result.output
+    calibration = json.loads((out / "report.json").read_text())["protocol"]["calibration"]
+    assert "PASER after a wanda draft" in calibration["source"] and calibration["windows"] == 4
 
 
 def test_missing_model_and_existing_output(tiny_folder, tmp_path):
@@ -56,6 +68,7 @@ def test_compress_eval_info_end_to_end(tiny_folder, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["recipe"][0]["pattern"] == "2:4"
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the per-layer figure beside it
     result = _run("eval", out, *common)
     assert result.exit_code == 0 and f"{report['compressed']['ppl']:.3f}" in result.output
     result = _run("info", out)

@@ -8,6 +8,7 @@ Folder layout:
     tokenizer files                  when a tokenizer is known
     recipe.yaml                      the validated recipe, every setting spelled out
     report.json, report.md           when the result carries a report
+    report.png                       per-layer sparsity, bits, rank and error (language models)
     netslim.json                     format marker, the modules netslim.load must rebuild and
                                      the storage records of ``netslim.safetensors``
 
@@ -54,6 +55,7 @@ import torch
 
 from netslim import __version__
 from netslim.errors import ConfigError
+from netslim.eval.plots import render_plot
 from netslim.eval.report import Report, render_markdown
 from netslim.eval.size import folder_weight_bytes
 from netslim.export.atomic import atomic_folder
@@ -250,3 +252,6 @@ def _write_report(report: Report, summary: dict | None, weight_bytes: int, folde
     report.storage = summary
     (folder / "report.json").write_text(json.dumps(report.as_dict(), indent=2), encoding="utf-8")
     (folder / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    if report.kind != "channels":
+        methods = " + ".join(str(stage.get("method")) for stage in report.recipe)
+        render_plot(report.layers, folder / "report.png", f"{report.model}: {methods}")
