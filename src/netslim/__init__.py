@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "netslim.api": ("CompressionResult", "Evaluation", "calibration", "compress", "evaluate", "export_gguf",
                     "recover"),
+    "netslim.budget.run": ("SearchResult", "search"),
+    "netslim.budget.space": ("Space",),
     "netslim.job": ("Protocol", "compress_job"),
     "netslim.errors": ("NetslimError",),
     "netslim.eval.similarity": ("evaluate_similarity",),

@@ -2,6 +2,7 @@
 
     netslim demo
     netslim compress smollm2-135m --method wanda --ratio 0.5 --out pruned/
+    netslim search smollm2-135m --budget size=116MB --out best/
     netslim eval pruned/
     netslim info pruned/
     netslim export pruned/ --to gguf --out pruned.gguf
@@ -33,6 +34,15 @@ Seqlen = Annotated[int, typer.Option(help="Tokens per window (calibration and ev
 EvalFile = Annotated[str, typer.Option("--eval", help="Evaluation text: a UTF-8 .txt file, wikitext2[:test] "
                                        "(packaged) or wikitext2-raw:test (hub).")]
 EvalWindows = Annotated[int, typer.Option(help="Evaluate on the first N non-overlapping windows (0 = all).")]
+Calib = Annotated[str, typer.Option(help="Calibration text: a UTF-8 .txt file, wikitext2[:valid] "
+                                    "(packaged) or wikitext2-raw:valid (hub).")]
+CalibWindows = Annotated[int, typer.Option(help="Number of calibration windows.")]
+CalibSelect = Annotated[Optional[str], typer.Option(help="How the calibration windows of --calib are chosen: random, "
+                                                    "dsir (toward --calib-target) or paser (where a draft of the "
+                                                    "compression raised the loss most; a second compression).")]
+CalibTarget = Annotated[Optional[str], typer.Option(help="Draw the calibration windows of --calib by DSIR importance "
+                                                    "resampling toward this text (your domain).")]
+Seed = Annotated[int, typer.Option(help="Seed for drawing calibration windows.")]
 
 
 def _fail(message: str) -> None:
@@ -79,19 +89,14 @@ def compress(
     recover: Annotated[Optional[str], typer.Option(help="Fine-tune after compressing, keeping its structure: lora, "
                                                    "norms or masked (distilled from the dense model on "
                                                    "wikitext2:valid; other settings: a recover stage in --recipe).")] = None,
-    calib: Annotated[str, typer.Option(help="Calibration text: a UTF-8 .txt file, wikitext2[:valid] "
-                                       "(packaged) or wikitext2-raw:valid (hub).")] = "wikitext2:valid",
+    calib: Calib = "wikitext2:valid",
     eval_file: EvalFile = "wikitext2:test",
     seqlen: Seqlen = 512,
-    calib_windows: Annotated[int, typer.Option(help="Number of calibration windows.")] = 64,
-    calib_select: Annotated[Optional[str], typer.Option(help="How the calibration windows of --calib are "
-                                                        "chosen: random, dsir (toward --calib-target) or paser "
-                                                        "(where a draft of the compression raised the loss most; "
-                                                        "a second compression).")] = None,
-    calib_target: Annotated[Optional[str], typer.Option(help="Draw the calibration windows of --calib by DSIR "
-                                                        "importance resampling toward this text (your domain).")] = None,
+    calib_windows: CalibWindows = 64,
+    calib_select: CalibSelect = None,
+    calib_target: CalibTarget = None,
     eval_windows: EvalWindows = 80,
-    seed: Annotated[int, typer.Option(help="Seed for drawing calibration windows.")] = 0,
+    seed: Seed = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     storage: Annotated[str, typer.Option("--format", help="Storage: 'packed' bit-packs sparse and "
                                          "quantized weights (netslim.load only); 'dense' is plain "
@@ -131,6 +136,51 @@ def compress(
     result = _run(compress_job, model, stages, out, protocol, overwrite, storage_format=storage, resumable=True)
     _print_summary(result.report)
     console.print(f"wrote {out}")
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  netslim search smollm2-135m --budget size=116MB --out best116/\n\n"
+    "  netslim search smollm2-135m --budget ppl=1.25x --out small125/\n\n"
+    "  netslim search ./my-llama --budget size=4GB --calib notes.txt --bits 3 --bits 4 --max-minutes 60 --out best/"
+)
+def search(
+    model: Annotated[str, typer.Argument(help="Local folder, .gguf file, alias (smollm2-135m) or hub id of a causal LM.")],
+    budget: Annotated[str, typer.Option(help="size=60MB (stored weights; B, KB, MB, GB, KiB, MiB, GiB) or ppl=1.25x "
+                                        "(perplexity at most this times the dense one, at the smallest size).")],
+    out: Annotated[Path, typer.Option(help="Output folder: model/, pareto.json, pareto.png, report.md.")],
+    runtime: Annotated[str, typer.Option(help="Where the model runs: torch (llama.cpp: export the result).")] = "torch",
+    bits: Annotated[Optional[list[int]], typer.Option(help="Bit widths of the space (repeatable; default 3 4 8; add 2 with --bits 2).")] = None,
+    groups: Annotated[Optional[list[int]], typer.Option(help="Group sizes of the space (repeatable; default 32 64 128).")] = None,
+    keep: Annotated[bool, typer.Option(help="Let projections stay in 16-bit float.")] = True,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop refining after this many minutes (the final "
+                                                         "compression still runs).")] = None,
+    calib: Calib = "wikitext2:valid",
+    eval_file: EvalFile = "wikitext2:test",
+    seqlen: Seqlen = 512,
+    calib_windows: CalibWindows = 64,
+    calib_select: CalibSelect = None,
+    calib_target: CalibTarget = None,
+    eval_windows: EvalWindows = 80,
+    seed: Seed = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if netslim wrote it.")] = False,
+) -> None:
+    """Find the best model for a budget: per-layer GPTQ bits and group sizes chosen by a solver on
+    proxies from one statistics pass, candidates measured on held-out windows, the choice
+    compressed for real; writes the model, pareto.json, pareto.png and report.md. An
+    interrupted search resumes when run again."""
+    from netslim.budget.run import search as run_search  # noqa: PLC0415  (keeps --help fast)
+    from netslim.budget.space import BITS, GROUPS, Space  # noqa: PLC0415
+    from netslim.job import Protocol  # noqa: PLC0415
+
+    space = _run(Space, tuple(bits or BITS), tuple(groups or GROUPS), keep)
+    protocol = _run(Protocol, seqlen, calib, calib_windows, eval_file, eval_windows or None, seed, calib_target,
+                    calib_select)
+    result = _run(run_search, model, budget, out, protocol, space, max_minutes, runtime, overwrite, resumable=True)
+    final, chosen = result.pareto["final"], result.chosen
+    console.print(f"chosen: {chosen['label']}: {final['bytes_on_disk'] / 1e6:.2f} MB, perplexity {final['ppl']:.3f} "
+                  f"(dense {final['dense_ppl']:.3f}, x{final['ppl_ratio']:.4f}) on {protocol.eval}")
+    console.print(f"wrote {out} (model/, pareto.json, pareto.png, report.md)")
 
 
 @app.command("eval", epilog="Examples:\n\n  netslim eval smollm2-135m\n\n  netslim eval wanda50/ --eval-windows 0")

@@ -162,7 +162,7 @@ def test_failure_mid_save_leaves_no_partial_output(tmp_path, monkeypatch):
     netslim.save(_result(model), tmp_path / "kept", format="packed")
     kept = _hashes(tmp_path / "kept")
 
-    def broken(state, plan, dtype, folder):
+    def broken(state, plan, dtype, folder, widths=None):
         (folder / PACKED_FILE).write_bytes(b"half written")
         raise RuntimeError("disk full")
 

@@ -134,8 +134,19 @@ def nm_pattern(tensor: torch.Tensor) -> tuple[int, int] | None:
 
 # --- codecs -------------------------------------------------------------------------------
 
-def encode(tensor: torch.Tensor, codec: str, dtype: torch.dtype | None) -> tuple[dict[str, torch.Tensor], dict]:
+def lowbit_width(tensor: torch.Tensor, declared: int | None = None) -> int | None:
+    """The bit width ``lowbit`` stores ``tensor`` in: what its values need, or ``declared``
+    (a quantized layer's bits) when that is wider, so that the stored size follows from the
+    shapes and bits alone and never from the data."""
+    bits = integer_bits(tensor)
+    return None if bits is None else max(bits, declared or 0)
+
+
+def encode(tensor: torch.Tensor, codec: str, dtype: torch.dtype | None,
+           bits: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Encode one tensor; return its stored parts and its JSON record.
+
+    ``bits``: the declared width of an integer tensor (see :func:`lowbit_width`).
 
     Raises:
         ConfigError: if the codec cannot represent this tensor exactly (``lowbit`` on
@@ -146,7 +157,7 @@ def encode(tensor: torch.Tensor, codec: str, dtype: torch.dtype | None) -> tuple
         data = store_values(tensor, dtype)
         return {"data": data}, _record("dense", tensor, stored=_dtype_name(data.dtype))
     if codec == "lowbit":
-        bits = integer_bits(tensor)
+        bits = lowbit_width(tensor, bits)
         if bits is None:
             raise ConfigError("codec 'lowbit' needs non-negative integer values below 2^16; use 'dense'")
         return {"words": pack_bits(tensor, bits)}, _record("lowbit", tensor, bits=bits)
@@ -231,12 +242,12 @@ def decode(parts: dict[str, torch.Tensor], record: dict) -> torch.Tensor:
 
 # --- automatic choice ---------------------------------------------------------------------
 
-def encoded_bytes(tensor: torch.Tensor, codec: str, dtype: torch.dtype | None) -> int:
+def encoded_bytes(tensor: torch.Tensor, codec: str, dtype: torch.dtype | None, bits: int | None = None) -> int:
     """Bytes the parts of ``tensor`` would take under ``codec`` (without encoding it)."""
     numel = tensor.numel()
     value = torch.empty((), dtype=dtype or tensor.dtype).element_size()
     if codec == "lowbit":
-        return _words(numel, integer_bits(tensor)) * 4
+        return _words(numel, lowbit_width(tensor, bits)) * 4
     if codec == "bitmask":
         return _words(numel, 1) * 4 + int(torch.count_nonzero(tensor)) * value
     if codec == "nm":
@@ -246,20 +257,21 @@ def encoded_bytes(tensor: torch.Tensor, codec: str, dtype: torch.dtype | None) -
     return numel * (value if tensor.is_floating_point() else tensor.element_size())
 
 
-def choose_codec(tensor: torch.Tensor, dtype: torch.dtype | None) -> str:
+def choose_codec(tensor: torch.Tensor, dtype: torch.dtype | None, bits: int | None = None) -> str:
     """The codec ``format="auto"`` uses for ``tensor``.
 
     Integer-valued tensors (quantized codes, zero points, group indices) are bit-packed;
     floating matrices with an exact N:M pattern use ``nm`` unless ``bitmask`` is smaller
     (it is for 4:8: one mask bit per weight beats 3 index bits per kept weight); other
     matrices sparser than :data:`MIN_SPARSITY` use ``bitmask``; the rest stay ``dense``.
+    ``bits``: the declared width of an integer tensor (:func:`lowbit_width`).
     """
     if integer_bits(tensor) is not None and tensor.numel() > 1 and (
         not tensor.is_floating_point() or tensor.dim() == 2 and int(tensor.max()) < 256
     ):
         # Integer-dtype tensors always; float ones only when they are small integer matrices
         # (zero points), which excludes ordinary weights that happen to round.
-        if encoded_bytes(tensor, "lowbit", dtype) < encoded_bytes(tensor, "dense", dtype):
+        if encoded_bytes(tensor, "lowbit", dtype, bits) < encoded_bytes(tensor, "dense", dtype):
             return "lowbit"
     if tensor.dim() != 2 or not tensor.is_floating_point():
         return "dense"

@@ -62,7 +62,7 @@ from netslim.export.atomic import atomic_folder
 from netslim.export.modules import module_specs
 from netslim.export.recipe_file import Stage, dump_recipe, recipe_data
 from netslim.export.storage import (
-    check_codecs, decoder_linears, dense_records, plan_codecs, round_values, storage_summary, unique_state,
+    check_codecs, declared_widths, decoder_linears, dense_records, plan_codecs, round_values, storage_summary, unique_state,
     value_dtypes, write_packed,
 )
 from netslim.graph.plan import SlimPlan, write_pruned
@@ -128,7 +128,7 @@ def save(
     model = result.model
     modules, packed, dtypes = _layout(model, format, dtype)
     state, aliases = unique_state(model.state_dict())
-    plan = plan_codecs(state, dtypes, codecs) if packed else {}
+    plan = plan_codecs(state, dtypes, codecs, declared_widths(model)) if packed else {}
     with atomic_folder(path, overwrite, inputs=[result.source]) as tmp:
         if packed:
             storage = _write_packed_model(model, state, aliases, plan, dtypes, tmp)
@@ -236,7 +236,7 @@ def _write_packed_model(model, state, aliases, plan, dtypes, folder: Path) -> di
     generation = getattr(model, "generation_config", None)
     if generation is not None and model.can_generate():
         generation.save_pretrained(folder)
-    records = write_packed(state, plan, dtypes, folder)
+    records = write_packed(state, plan, dtypes, folder, declared_widths(model))
     value_dtype = next((str(d).removeprefix("torch.") for d in dtypes.values() if d is not None), "own")
     return {
         "value_dtype": value_dtype,  # of the tensors not in quantized layers that it does not overflow

@@ -105,8 +105,9 @@ def check_codecs(overrides: dict[str, str] | None) -> None:
 
 
 def plan_codecs(state: dict[str, torch.Tensor], dtypes: dict[str, torch.dtype | None],
-                overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """Tensor name -> codec, chosen per tensor for its value dtype.
+                overrides: dict[str, str] | None = None, widths: dict[str, int] | None = None) -> dict[str, str]:
+    """Tensor name -> codec, chosen per tensor for its value dtype (and declared ``widths``,
+    :func:`declared_widths`).
 
     Args:
         overrides: ``fnmatch`` pattern of tensor names -> codec, applied after the choice
@@ -118,18 +119,29 @@ def plan_codecs(state: dict[str, torch.Tensor], dtypes: dict[str, torch.dtype | 
     check_codecs(overrides)
     plan = {}
     for name, tensor in state.items():
-        codec = choose_codec(tensor, dtypes[name])
+        codec = choose_codec(tensor, dtypes[name], (widths or {}).get(name))
         plan[name] = next((c for p, c in (overrides or {}).items() if fnmatch.fnmatchcase(name, p)), codec)
     return plan
 
 
+def declared_widths(model: nn.Module) -> dict[str, int]:
+    """Tensor name -> bit width of the codes and zero points of every quantized layer, so
+    that they are packed in the layer's own bits (its stored size then depends on its shape
+    and bits only, which a budget can predict exactly)."""
+    widths = {}
+    for name, module in model.named_modules():
+        if getattr(type(module), "netslim_kind", None) == "quantized" and isinstance(getattr(module, "bits", None), int):
+            widths.update({f"{name}.codes": module.bits, f"{name}.zeros": module.bits})
+    return widths
+
+
 def write_packed(state: dict[str, torch.Tensor], plan: dict[str, str], dtypes: dict[str, torch.dtype | None],
-                 folder: Path) -> dict:
-    """Encode ``state`` by ``plan`` (values in ``dtypes``) into ``folder / PACKED_FILE``;
-    return ``name -> record``."""
+                 folder: Path, widths: dict[str, int] | None = None) -> dict:
+    """Encode ``state`` by ``plan`` (values in ``dtypes``, integer tensors at least as wide as
+    ``widths`` says) into ``folder / PACKED_FILE``; return ``name -> record``."""
     parts, records = {}, {}
     for name, tensor in state.items():
-        encoded, record = encode(tensor, plan[name], dtypes[name])
+        encoded, record = encode(tensor, plan[name], dtypes[name], (widths or {}).get(name))
         record["bytes"] = sum(t.numel() * t.element_size() for t in encoded.values())
         records[name] = record
         parts.update({f"{name}.{part}": t for part, t in encoded.items()})

@@ -108,7 +108,7 @@ def gptq_quantize(
 @register_method("gptq", GPTQConfig)
 def gptq(layer: LayerView, stats: LayerStats, cfg: GPTQConfig) -> dict:
     """Quantize the layer with GPTQ and swap in the quantized module."""
-    grid = cfg.layer_grid(layer.weight.shape[1])
+    grid = cfg.layer_grid(layer.weight.shape[1], layer.name)
     result = gptq_quantize(
         layer.weight, stats.hessian.to(layer.weight.device), grid.bits, grid.group_size, grid.sym,
         cfg.act_order, cfg.damp, fit=grid.name is not None, kgrid=grid.kgrid,

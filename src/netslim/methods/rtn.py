@@ -23,19 +23,41 @@ Recipe:
     # or, on a GGUF grid:
     - method: rtn
       gguf: q4_0
+    # or with some layers on their own grid (``netslim search`` writes these):
+    - method: gptq
+      bits: 4
+      layers:
+        model.layers.0.mlp.down_proj: {bits: 8, group_size: 64}
+        "*.v_proj": {bits: 3, group_size: 32}
 """
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any, Literal, Optional
 
-from pydantic import model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from netslim.engine.stats import LayerStats
-from netslim.methods.base import LayerView, MethodConfig
+from netslim.errors import ConfigError
+from netslim.methods.base import LayerView, MethodConfig, ModelShape
 from netslim.methods.registry import register_method
 from netslim.ops.kgrid import K_GRIDS, SUPER_BLOCK
 from netslim.ops.quant import GGUF_GRIDS, GGUFGrid, QuantizedWeight, check_grid, gguf_grid, quantize_rtn
+
+
+class LayerGrid(BaseModel):
+    """The grid of the layers one entry of :attr:`QuantizationConfig.layers` names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bits: int
+    group_size: int
+
+    @model_validator(mode="after")
+    def _check(self) -> LayerGrid:
+        check_grid(self.bits, self.group_size)
+        return self
 
 
 class QuantizationConfig(MethodConfig):
@@ -51,11 +73,15 @@ class QuantizationConfig(MethodConfig):
             ``bits``, ``group_size`` (32, or a K-quant's sub-block) and ``sym``, and fits each
             group's float16 scale (and minimum) by least squares; the GGUF export then stores
             the layer exactly.
+        layers: Per-layer grids: a full module name or ``fnmatch`` pattern -> its own
+            ``bits`` and ``group_size`` (the first matching entry wins; the others take the
+            stage's). A mixed-precision recipe in one stage and one pass.
     """
 
     bits: int = 4
     group_size: int = 128
     sym: bool = False
+    layers: dict[str, LayerGrid] = {}
     gguf: Optional[Literal["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "q3_k"]] = None
 
     @model_validator(mode="before")
@@ -76,14 +102,30 @@ class QuantizationConfig(MethodConfig):
     @model_validator(mode="after")
     def _check_grid(self) -> QuantizationConfig:
         check_grid(self.bits, self.group_size)
+        if self.layers and self.gguf is not None:
+            raise ValueError("per-layer grids (layers) and a gguf type cannot be combined; drop one")
         return self
 
     def produces(self) -> str:
         """Quantized layers."""
         return "quantized"
 
-    def layer_grid(self, in_features: int) -> GGUFGrid:
-        """The grid of a layer with ``in_features`` inputs: ``gguf``'s (or its fallback's), else the settings'."""
+    def preflight(self, shape: ModelShape) -> None:
+        """Also refuses a ``layers`` entry that names no layer the stage acts on."""
+        touched = shape.touched(self)
+        for pattern in self.layers:
+            if not any(name == pattern or fnmatch.fnmatchcase(name, pattern) for name in touched):
+                example = next(iter(touched), "model.layers.0.mlp.down_proj")
+                raise ConfigError(f"{self.method}: layers entry '{pattern}' names no layer it quantizes "
+                                  f"(layer names look like '{example}')")
+        super().preflight(shape)
+
+    def layer_grid(self, in_features: int, name: str = "") -> GGUFGrid:
+        """The grid of layer ``name`` with ``in_features`` inputs: its entry in ``layers``,
+        else ``gguf``'s (or its fallback's), else the stage's settings."""
+        own = next((g for p, g in self.layers.items() if p == name or fnmatch.fnmatchcase(name, p)), None)
+        if own is not None:
+            return GGUFGrid(None, own.bits, own.group_size, self.sym)
         if self.gguf is None:
             return GGUFGrid(None, self.bits, self.group_size, self.sym)
         return gguf_grid(self.gguf, in_features)
@@ -118,7 +160,7 @@ def install_quantized(layer: LayerView, qweight: QuantizedWeight) -> dict:
 def rtn(layer: LayerView, stats: LayerStats | None, cfg: RTNConfig) -> dict:
     """Quantize the layer's weight to the nearest grid point and swap in the quantized module."""
     weight = layer.weight.detach().float()
-    grid = cfg.layer_grid(weight.shape[1])
+    grid = cfg.layer_grid(weight.shape[1], layer.name)
     qweight = quantize_rtn(weight, grid.bits, grid.group_size, grid.sym, fit=grid.name is not None, kgrid=grid.kgrid)
     error = float((qweight.dequantize() - weight).square().sum() / weight.square().sum().clamp_min(1e-12))
     return {**install_quantized(layer, qweight), **grid_fields(grid), "relative_weight_error": error}

@@ -26,31 +26,23 @@ llama.cpp, each row timed side by side with the dense model in the layout of the
 (``llama.cpp Q4_0``: Q4_0 weights, a Q8_0 embedding), their runs alternating, medians of
 ``--repeats``, ``--threads`` threads. Results accumulate in ``results/gguf.json``:
 
-    nice -n 10 python benchmarks/gguf.py --only "llama.cpp Q4_0" "gptq4 q4_0"
-    python benchmarks/gguf.py --speed-only   # time every measured row again, on a quiet machine
+    nice -n 10 python benchmarks/gguf_llamacpp.py --only "llama.cpp Q4_0" "gptq4 q4_0"
+    python benchmarks/gguf_llamacpp.py --speed-only   # time every measured row again, on a quiet machine
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-# This script's name shadows the gguf package for everything run from this folder: drop the
-# folder from the front of the path while the package is imported, then append it for _common.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-import gguf  # noqa: E402  (the package)
+import gguf
+import torch
 
-sys.path.append(str(_HERE))
-
-import torch  # noqa: E402
-
-import netslim  # noqa: E402
-from _common import RESULTS, dense_baseline, protocol_line, saved_results, write_results  # noqa: E402
-from netslim.bench import bench  # noqa: E402
-from netslim.eval import llamacpp  # noqa: E402
+import netslim
+from _common import RESULTS, dense_baseline, protocol_line, saved_results, write_results
+from netslim.bench import bench
+from netslim.eval import llamacpp
 
 FILES = RESULTS.parent / "gguf_files"  # the exported files (not committed)
 PRESETS = ("Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M")

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from netslim.errors import ConfigError
-from netslim.search.allocate import Option, allocate, front
+from netslim.budget.allocate import Option, allocate, front
 
 
 def _table(seed: int, layers: int = 4, options: int = 3) -> dict[str, list[Option]]:
