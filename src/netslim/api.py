@@ -22,7 +22,9 @@ from torch import nn
 from netslim.data.select import calibration_selection, check_disjoint, dsir_select, paser_select
 from netslim.data.sources import TextSource, resolve_text
 from netslim.data.windows import TokenWindows, calibration_windows, evaluation_windows, tokenize
+from netslim.engine.execution import check_batch_size
 from netslim.engine.records import LayerRecord, RunLog
+from netslim.engine.residency import IN_MEMORY, Residency
 from netslim.engine.sequential import run_stages
 from netslim.errors import ConfigError, NetslimError
 from netslim.eval.perplexity import Perplexity, perplexity
@@ -200,6 +202,8 @@ def compress(
     progress: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
     held_out: str | TextSource | None = None,
+    batch_size: int = 1,
+    residency: Residency = IN_MEMORY,
 ) -> CompressionResult:
     """Compress ``model`` in place with the stages of ``recipe``.
 
@@ -218,11 +222,18 @@ def compress(
         held_out: The text the model will be evaluated on (a source such as
             ``wikitext2:test``): calibration and recovery windows that share
             long runs of words with it are refused (:func:`netslim.data.select.check_disjoint`).
+        batch_size: Calibration windows per block forward.
+        residency: Where the blocks' weights are between uses; ``--offload`` streams them
+            from the checkpoint (:mod:`netslim.offload`).
+
+    The model is compressed where it lies (move it to a GPU first to compress there) and in
+    its own dtype; the statistics are accumulated in float32 whatever that dtype is.
 
     Model-scope stages (``recover``) run between the engine's passes; their data is prepared
     on the model as given, before the first stage (the dense teacher's outputs are cached then).
     """
     stages = parse_recipe(recipe)
+    check_batch_size(batch_size)
     module, tokenizer, source = _unpack(model, tokenizer)
     adapter = ModelAdapter.from_model(module)
     check_recipe(stages, model_shape(adapter))  # a chain that cannot run fails before any work
@@ -243,7 +254,8 @@ def compress(
             resolved.append(segment[0])
             continue
         timing: dict[str, float] = {}
-        run = run_stages(adapter, segment, windows, progress=progress, checkpoint_dir=checkpoint_dir, timing=timing)
+        run = run_stages(adapter, segment, windows, progress=progress, checkpoint_dir=checkpoint_dir, timing=timing,
+                         batch_size=batch_size, residency=residency)
         log.merge(run.layers)
         resolved.extend(run.stages)
         restored += timing["restored_seconds"]
@@ -347,22 +359,31 @@ def evaluate(
     seqlen: int = 512,
     windows: int | None = 80,
     progress: bool = True,
+    batch_size: int = 1,
 ) -> Evaluation:
     """Perplexity on non-overlapping windows (the first ``windows`` of ``data``) and model size.
 
     Args:
         data: A text file, ``wikitext2[:split]``, or ready :class:`TokenWindows`.
         windows: How many windows from the start of the text; ``None`` for all.
+        batch_size: Windows per forward.
     """
+    check_batch_size(batch_size)
     module, tokenizer, source = _unpack(model, tokenizer)
     check_finite(module, "the model" if source == "in-memory model" else f"model '{source}'")
     if not isinstance(data, TokenWindows):
-        if tokenizer is None:
-            raise _no_tokenizer("evaluating on text", source)
-        check_seqlen(module.config, seqlen)
-        text = resolve_text(data, default_split="test")
-        data = evaluation_windows(tokenize(tokenizer, text.text), seqlen, windows, bos_id(module, tokenizer), text.name)
-    return Evaluation(perplexity(module, data, progress=progress), model_size(module))
+        data = evaluation_data(module, tokenizer, data, seqlen, windows, source)
+    return Evaluation(perplexity(module, data, progress=progress, batch_size=batch_size), model_size(module))
+
+
+def evaluation_data(model: nn.Module, tokenizer: Any, data: str, seqlen: int = 512, windows: int | None = 80,
+                    source: str = "in-memory model") -> TokenWindows:
+    """The first ``windows`` non-overlapping windows of text ``data``, as :func:`evaluate` reads them."""
+    if tokenizer is None:
+        raise _no_tokenizer("evaluating on text", source)
+    check_seqlen(model.config, seqlen)
+    text = resolve_text(data, default_split="test")
+    return evaluation_windows(tokenize(tokenizer, text.text), seqlen, windows, bos_id(model, tokenizer), text.name)
 
 
 def export_gguf(

@@ -43,6 +43,14 @@ CalibSelect = Annotated[Optional[str], typer.Option(help="How the calibration wi
 CalibTarget = Annotated[Optional[str], typer.Option(help="Draw the calibration windows of --calib by DSIR importance "
                                                     "resampling toward this text (your domain).")]
 Seed = Annotated[int, typer.Option(help="Seed for drawing calibration windows.")]
+Device = Annotated[str, typer.Option(help="Where to compute: cpu, cuda, cuda:N or auto (CUDA if present).")]
+Dtype = Annotated[str, typer.Option(help="Weights and forwards in float32, bfloat16 or float16 (statistics are "
+                                    "always accumulated in float32).")]
+Offload = Annotated[Optional[bool], typer.Option(help="Read, compress, evaluate and write one decoder block at a "
+                                                 "time (models larger than memory); default: when the checkpoint "
+                                                 "would not fit.")]
+BatchSize = Annotated[int, typer.Option(help="Windows per forward in calibration and evaluation (more is faster "
+                                        "on a GPU and uses more memory).")]
 
 
 def _fail(message: str) -> None:
@@ -97,6 +105,10 @@ def compress(
     calib_target: CalibTarget = None,
     eval_windows: EvalWindows = 80,
     seed: Seed = 0,
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    batch_size: BatchSize = 1,
+    offload: Offload = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     storage: Annotated[str, typer.Option("--format", help="Storage: 'packed' bit-packs sparse and "
                                          "quantized weights (netslim.load only); 'dense' is plain "
@@ -108,7 +120,8 @@ def compress(
     model on fixed photos and all-minilm-l6-v2 by similarity benchmarks, with MACs and CPU
     latency before and after.
     """
-    from netslim.job import Protocol, compress_job  # noqa: PLC0415  (keeps --help fast)
+    from netslim.engine.execution import Execution  # noqa: PLC0415  (keeps --help fast)
+    from netslim.job import Protocol, compress_job  # noqa: PLC0415
     from netslim.recipe import load_recipe  # noqa: PLC0415
 
     if sparsity is not None:
@@ -133,7 +146,9 @@ def compress(
         stages = [*stages, {"method": "recover", "mode": recover}]
     protocol = _run(Protocol, seqlen, calib, calib_windows, eval_file, eval_windows or None, seed, calib_target,
                     calib_select)
-    result = _run(compress_job, model, stages, out, protocol, overwrite, storage_format=storage, resumable=True)
+    execution = _run(Execution, device, dtype, batch_size, offload)
+    result = _run(compress_job, model, stages, out, protocol, overwrite, storage_format=storage, execution=execution,
+                  resumable=True)
     _print_summary(result.report)
     console.print(f"wrote {out}")
 
@@ -189,23 +204,31 @@ def eval_(
     eval_file: EvalFile = "wikitext2:test",
     seqlen: Seqlen = 512,
     eval_windows: EvalWindows = 80,
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    batch_size: BatchSize = 1,
 ) -> None:
     """Perplexity and size of MODEL under the stated protocol."""
     from netslim.api import evaluate  # noqa: PLC0415
+    from netslim.engine.execution import Execution  # noqa: PLC0415
     from netslim.export.load import read_marker  # noqa: PLC0415
-    from netslim.models.loading import NETSLIM_MARKER  # noqa: PLC0415
+    from netslim.models.loading import NETSLIM_MARKER, load_model  # noqa: PLC0415
 
     if (Path(model) / NETSLIM_MARKER).is_file() and _run(read_marker, model).get("format") == "slim_plan":
         _fail(f"'{model}' is a pruned vision/encoder model, not a language model; its scores before and "
               f"after are in its report (netslim info {model})")
-    result = _run(evaluate, model, data=eval_file, seqlen=seqlen, windows=eval_windows or None)
+    execution = _run(Execution, device, dtype, batch_size)
+    _run(execution.torch_device)
+    lm = _run(load_model, model, execution.torch_dtype)
+    execution.place(lm.model)
+    result = _run(evaluate, lm, data=eval_file, seqlen=seqlen, windows=eval_windows or None, batch_size=batch_size)
     if not math.isfinite(result.ppl):
         _fail(f"the perplexity of '{model}' is not finite ({result.ppl}): its outputs overflow or are NaN")
     proto = result.perplexity.protocol()
     console.print(
         f"perplexity {result.ppl:.3f} on {proto['dataset']} (seqlen {proto['seqlen']}, "
         f"{proto['windows']} windows, {proto['tokens']} tokens); parameters {result.size.params:,}, "
-        f"non-zero {result.size.nonzero_params:,}"
+        f"non-zero {result.size.nonzero_params:,}; {execution.dtype} on {execution.torch_device()}"
     )
 
 

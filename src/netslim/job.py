@@ -25,6 +25,7 @@ import torch
 from netslim.api import CompressionResult, calibration, check_finite, compress, evaluate, peak_rss_bytes
 from netslim.data import resolve_text
 from netslim.data.select import calibration_selection, check_disjoint
+from netslim.engine.execution import Execution, available_memory_bytes
 from netslim.engine.sequential import check_llm_stages
 from netslim.errors import ConfigError, NetslimError
 from netslim.eval.flops import count_macs
@@ -38,11 +39,14 @@ from netslim.graph.plan import SlimPlan
 from netslim.methods.base import FLOAT, MethodConfig, Scope
 from netslim.methods.preflight import check_recipe, check_seqlen, meta_adapter, model_shape
 from netslim.models.adapter import ModelAdapter
-from netslim.models.loading import NETSLIM_MARKER, cache_dir, load_model, read_model_config
+from netslim.models.lazy import checkpoint_bytes
+from netslim.models.loading import NETSLIM_MARKER, cache_dir, checkpoint_folder, load_model, read_model_config
 from netslim.models.tasks import ModelTask, is_task_model, load_task
+from netslim.offload import check_offload, offload_job
 from netslim.recipe import RecipeLike, parse_recipe, recipe_data
 
 LATENCY_RUNS, LATENCY_WARMUP = 10, 3
+OFFLOAD_FRACTION = 0.6  # offload=None streams a checkpoint larger than this share of the free memory
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ def compress_job(
     progress: bool = True,
     storage_format: str = "auto",
     threads: int | None = None,
+    execution: Execution = Execution(),
 ) -> CompressionResult:
     """Run the whole job on any model; ``out=None`` skips writing. Returns the result with its report.
 
@@ -96,6 +101,8 @@ def compress_job(
         storage_format: ``format`` of :func:`netslim.save` (``"auto"``, ``"dense"`` or
             ``"packed"``); a graph-pruned model is stored dense.
         threads: CPU threads for the latency of a graph-pruned model (``None`` keeps torch's).
+        execution: The device, dtype and batch size a causal LM is loaded, compressed and
+            evaluated with (a graph-pruned model runs in float32 on the CPU).
 
     Raises:
         NetslimError: one line saying what to change, before any expensive work.
@@ -107,13 +114,25 @@ def compress_job(
         raise ConfigError(f"storage format '{storage_format}': use one of {', '.join(FORMATS)}")
     if graph and storage_format == "packed":
         raise ConfigError(f"{source} is stored as a dense pruned model; use --format auto or dense")
+    if graph and (execution.offload or (execution.device, execution.dtype, execution.batch_size) != ("cpu", "float32", 1)):
+        raise ConfigError(f"{source} is pruned in float32 on the CPU; leave out --device, --dtype, --batch-size "
+                          "and --offload")
+    execution.torch_device()  # a device this machine lacks fails here, before any work
+    offload = not graph and _offloads(source, stages, protocol, execution, storage_format)
+    if offload:
+        check_offload(stages, protocol.calib_select, storage_format, out)
     if out is not None:
         check_output(out, overwrite, inputs=[source] if graph else _text_inputs(stages, protocol, source))
         check_writable(cache_dir(), "the netslim cache ($NETSLIM_CACHE)")
     if graph:
         result = _graph_run(load_task(source), stages, threads)
+    elif offload:
+        _check_texts(stages, protocol)
+        config = read_model_config(checkpoint_folder(source))
+        _preflight(stages, protocol, config, meta_adapter(config), None, storage_format)
+        return offload_job(source, stages, protocol, execution, out, overwrite, progress)
     else:
-        result = _language_run(source, stages, protocol, progress, storage_format, out)
+        result = _language_run(source, stages, protocol, progress, storage_format, out, execution)
     if out is not None:
         save(result, out, overwrite=overwrite, format=storage_format)
         if not graph:
@@ -143,29 +162,43 @@ def check_stage_kinds(source: str, stages: list[MethodConfig], graph: bool) -> N
                               "(e.g. --method channels --ratio 0.3 --set measure=macs)")
 
 
+def _offloads(source: str, stages: list[MethodConfig], protocol: Protocol, execution: Execution,
+              storage_format: str) -> bool:
+    """Whether the job streams blocks from the checkpoint: as asked, or (``offload=None``) when
+    a local checkpoint would not fit in the memory available and the recipe can be streamed."""
+    if execution.offload is not None:
+        return execution.offload
+    folder = Path(source).expanduser()
+    if not (folder / "config.json").is_file() or (folder / NETSLIM_MARKER).is_file():
+        return False
+    needed, available = checkpoint_bytes(folder, execution.torch_dtype), available_memory_bytes()
+    if available is None or needed < OFFLOAD_FRACTION * available:
+        return False
+    try:
+        check_offload(stages, protocol.calib_select, storage_format, "out")
+    except ConfigError:
+        return False  # the recipe needs the whole model; try in memory
+    return True
+
+
 def _language_run(source: str, stages: list[MethodConfig], protocol: Protocol, progress: bool,
-                  storage_format: str, out) -> CompressionResult:
+                  storage_format: str, out, execution: Execution) -> CompressionResult:
     """Load, measure, calibrate, compress and measure a causal LM."""
     needs_calibration = any(stage.needs_calibration for stage in stages)
-    held_out = resolve_text(protocol.eval)  # a missing or unreadable text fails here, before any work
-    if needs_calibration:
-        check_disjoint([resolve_text(protocol.calib, default_split="valid").text], held_out, "calibration")
-        if protocol.calib_target is not None:
-            resolve_text(protocol.calib_target, default_split="valid")
-    for stage in stages:  # a recover stage's recovery text (and DSIR target)
-        for text in stage.texts():
-            check_disjoint([resolve_text(text, default_split="valid").text], held_out, f"{stage.method} stage's")
+    _check_texts(stages, protocol)
     saved = _saved_config(source)
     if saved is not None:  # a local folder: check the recipe on its config, before reading weights
         config, modules = saved
         _preflight(stages, protocol, config, meta_adapter(config), modules, storage_format)
-    lm = load_model(source)
+    lm = load_model(source, execution.torch_dtype)
+    execution.place(lm.model)
     if saved is None:
         _preflight(stages, protocol, lm.model.config, ModelAdapter.from_model(lm.model), None, storage_format)
     if lm.tokenizer is None:
         raise ConfigError(f"model '{source}' has no tokenizer; netslim needs one to read the calibration and "
                           "evaluation text: add the tokenizer files to the folder")
-    evaluation = dict(data=protocol.eval, seqlen=protocol.seqlen, windows=protocol.eval_windows, progress=progress)
+    evaluation = dict(data=protocol.eval, seqlen=protocol.seqlen, windows=protocol.eval_windows, progress=progress,
+                      batch_size=execution.batch_size)
     baseline = evaluate(lm, **evaluation)  # refuses NaN/inf weights before any forward
     if not math.isfinite(baseline.ppl):
         raise NetslimError(f"model '{source}' has a non-finite perplexity ({baseline.ppl}) on {protocol.eval}: its "
@@ -176,7 +209,8 @@ def _language_run(source: str, stages: list[MethodConfig], protocol: Protocol, p
                               target=protocol.calib_target, select=protocol.calib_select, recipe=stages,
                               progress=progress)
     checkpoints = _checkpoint_dir(out) if out is not None else None
-    result = compress(lm, stages, windows, progress=progress, checkpoint_dir=checkpoints, held_out=protocol.eval)
+    result = compress(lm, stages, windows, progress=progress, checkpoint_dir=checkpoints, held_out=protocol.eval,
+                      batch_size=execution.batch_size)
     check_finite(lm.model, "the compressed model")
     if out is not None:  # measure exactly the values the folder will hold (fp16 beside quantized layers)
         round_for_storage(result.model, format=storage_format)
@@ -185,7 +219,8 @@ def _language_run(source: str, stages: list[MethodConfig], protocol: Protocol, p
         kind="causal_lm",
         model=source,
         recipe=recipe_data(result.recipe),  # resolved: per-block and per-layer choices spelled out
-        protocol={**baseline.perplexity.protocol(), "calibration": result.calibration, "settings": asdict(protocol)},
+        protocol={**baseline.perplexity.protocol(), "calibration": result.calibration, "settings": asdict(protocol),
+                  "execution": execution.describe()},
         baseline=Measurement(ppl=baseline.ppl, **baseline.size.as_dict()),
         compressed=Measurement(ppl=after.ppl, **after.size.as_dict()),
         compress_seconds=result.seconds,
@@ -194,6 +229,20 @@ def _language_run(source: str, stages: list[MethodConfig], protocol: Protocol, p
         recovery=result.recovery,
     )
     return result
+
+
+def _check_texts(stages: list[MethodConfig], protocol: Protocol):
+    """Read every text the job uses (a missing one fails here, before any work) and refuse
+    calibration or recovery text that overlaps the evaluation text; returns the latter."""
+    held_out = resolve_text(protocol.eval)
+    if any(stage.needs_calibration for stage in stages):
+        check_disjoint([resolve_text(protocol.calib, default_split="valid").text], held_out, "calibration")
+        if protocol.calib_target is not None:
+            resolve_text(protocol.calib_target, default_split="valid")
+    for stage in stages:  # a recover stage's recovery text (and DSIR target)
+        for text in stage.texts():
+            check_disjoint([resolve_text(text, default_split="valid").text], held_out, f"{stage.method} stage's")
+    return held_out
 
 
 def _graph_run(task: ModelTask, stages: list[MethodConfig], threads: int | None) -> CompressionResult:

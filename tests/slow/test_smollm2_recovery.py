@@ -15,8 +15,8 @@ def test_lora_distillation_recovers_wanda_2_4_on_smollm2(smollm2_source, smollm2
     netslim.compress(lm, {"method": "wanda", "ratio": 0.5, "pattern": "2:4"}, calib, progress=False)
     before = netslim.evaluate(lm, data=evals, progress=False).ppl
     pruned = {n: linear_weight(m) == 0 for n, m in ModelAdapter.from_model(lm.model).block_linears(7).items()}
-    summary = netslim.recover(lm, dense, {"method": "recover", "mode": "lora", "seqlen": 256, "windows": 32,
-                                          "batch_size": 4, "tokens": 12 * 4 * 256, "lr": 1e-3},
+    summary = netslim.recover(lm, dense, {"method": "recover", "mode": "lora", "seqlen": 128, "windows": 16,
+                                          "batch_size": 4, "tokens": 6 * 4 * 128, "lr": 1e-3},
                               progress=False)
     after = netslim.evaluate(lm, data=evals, progress=False).ppl
     assert after < 0.9 * before, (before, after, summary["losses"])

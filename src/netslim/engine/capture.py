@@ -3,8 +3,9 @@
 The hidden states entering block 0 are recorded for every calibration window by a forward
 pre-hook that stops the model with a private exception. The other arguments each block
 receives (rotary embeddings, masks, position ids) do not depend on the weights and are the
-same for every window of one length, so they are recorded once per block from a single full
-forward pass of the first window.
+same for every window of one length, so they are recorded once per block from one forward of
+the first window in which every block passes its input through unchanged: no block computes,
+so blocks whose weights are not loaded (``--offload``) do not need to be.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from netslim.engine.residency import IN_MEMORY, Residency
 from netslim.models.adapter import ModelAdapter
 
 
@@ -40,7 +42,8 @@ def _split_hidden(args: tuple, kwargs: dict) -> tuple[torch.Tensor, BlockCall]:
 
 @torch.no_grad()
 def capture_block_inputs(
-    adapter: ModelAdapter, ids: torch.Tensor, record_calls: bool = True
+    adapter: ModelAdapter, ids: torch.Tensor, record_calls: bool = True, batch_size: int = 1,
+    residency: Residency = IN_MEMORY,
 ) -> tuple[torch.Tensor, list[BlockCall]]:
     """Hidden states entering block 0 for each window, and each block's other call arguments.
 
@@ -50,11 +53,15 @@ def capture_block_inputs(
         record_calls: Run the first window through every block to record their arguments;
             ``False`` stops every window at block 0 (the calls come back as ``None``), e.g.
             when only the input of block 0 has changed and the blocks do not fit it yet.
+        batch_size: Windows per forward. The first window always runs alone, so the recorded
+            arguments have batch 1 and broadcast over any batch :func:`run_block` uses.
+        residency: Asked to load the embeddings for the capture and free them after.
 
     Returns:
         ``(hidden, calls)``: hidden of shape (windows, seqlen, hidden_size) on the model's
         device, and one :class:`BlockCall` per block.
     """
+    residency.load_outside()
     model, device = adapter.model, adapter.device
     hidden: list[torch.Tensor] = []
     calls: list[BlockCall | None] = [None] * adapter.num_blocks
@@ -72,17 +79,33 @@ def capture_block_inputs(
 
         return hook
 
+    def passthrough(index: int):
+        def forward(*args, **kwargs):
+            if index == adapter.num_blocks - 1:
+                raise StopForward  # the final norm and head are not needed
+            return _split_hidden(args, kwargs)[0]
+
+        return forward
+
     handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(adapter.blocks)]
+    starts = [0, *range(1, ids.shape[0], batch_size)]
     try:
-        for w in range(ids.shape[0]):
-            stop_after_first[0] = w > 0 or not record_calls
+        for first, end in zip(starts, [*starts[1:], ids.shape[0]]):
+            stop_after_first[0] = first > 0 or not record_calls
+            if first == 0 and record_calls:
+                for index, block in enumerate(adapter.blocks):
+                    block.forward = passthrough(index)
             try:
-                model(ids[w : w + 1].to(device), use_cache=False)
+                model(ids[first:end].to(device), use_cache=False)
             except StopForward:
                 pass
+            finally:
+                for block in adapter.blocks:
+                    block.__dict__.pop("forward", None)
     finally:
         for handle in handles:
             handle.remove()
+        residency.unload_outside()
     return torch.cat(hidden, dim=0), calls  # type: ignore[return-value]
 
 

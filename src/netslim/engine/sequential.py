@@ -31,6 +31,8 @@ from netslim.data.windows import TokenWindows
 from netslim.engine.capture import capture_block_inputs
 from netslim.engine.checkpoint import Checkpoint, job_fingerprint
 from netslim.engine.records import LayerRecord, RunLog
+from netslim.engine.residency import IN_MEMORY, Residency
+from netslim.engine.stats import Stat
 from netslim.engine.step import BlockStep
 from netslim.engine.sweep import iter_block_stats
 from netslim.errors import ConfigError
@@ -53,6 +55,8 @@ def run_stages(
     progress: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
     timing: dict[str, float] | None = None,
+    batch_size: int = 1,
+    residency: Residency = IN_MEMORY,
 ) -> RunRecord:
     """Apply ``stages`` to the adapter's model in place; return what was decided.
 
@@ -69,6 +73,11 @@ def run_stages(
         timing: If given, receives ``"restored_seconds"``: the compression seconds that
             earlier interrupted runs spent on the blocks restored from the checkpoint (0.0 if
             none), to add to this run's wall time for the job's total.
+        batch_size: Calibration windows per block forward (the statistics are the same up to
+            float rounding; a larger batch uses more activation memory).
+        residency: Where block weights are between uses (:mod:`netslim.engine.residency`);
+            one that streams them from disk takes one pass of layer-scope stages, without
+            checkpoints (the blocks it writes out are the run's output).
 
     Raises:
         ConfigError: if a stage needs calibration data and none was given, or a compensation
@@ -81,6 +90,8 @@ def run_stages(
                               "run it through netslim.compress, which calls it between the engine's passes")
     passes = _passes(stages)
     _check_compensation(passes)
+    if residency.streams:
+        _check_streamable(passes, checkpoint_dir)
     log = RunLog()
     checkpoint = _checkpoint(adapter, stages, calibration, checkpoint_dir)
     model = adapter.model
@@ -90,7 +101,7 @@ def run_stages(
     try:
         with torch.no_grad():
             for group in passes:
-                resolved.extend(_run_pass(adapter, group, calibration, log, progress, checkpoint))
+                resolved.extend(_run_pass(adapter, group, calibration, log, progress, checkpoint, batch_size, residency))
     finally:
         model.train(was_training)
     if timing is not None:
@@ -115,6 +126,35 @@ def _passes(stages: Sequence[MethodConfig]) -> list[list[MethodConfig]]:
         else:
             passes.append([cfg])
     return passes
+
+
+def check_streamable(stages: Sequence[MethodConfig]) -> None:
+    """Refuse, before any work, a recipe that a residency streaming blocks from disk cannot run.
+
+    Raises:
+        ConfigError: naming the stage to drop.
+    """
+    if any(cfg.scope is Scope.MODEL for cfg in stages):
+        raise ConfigError("--offload holds one block at a time, and recover fine-tunes the whole model: compress "
+                          "with --offload, then recover the output without it")
+    _check_streamable(_passes(stages), None)
+
+
+def _check_streamable(passes: list[list[MethodConfig]], checkpoint_dir) -> None:
+    """Refuse what a residency that streams blocks from disk cannot run: a second pass (it would
+    read the original weights again), block-scope stages, whole-model gradients, checkpoints.
+
+    Raises:
+        ConfigError: naming the stage to drop or what to leave out.
+    """
+    for cfg in (c for group in passes for c in group):
+        if cfg.scope is not Scope.LAYER or Stat.GRADIENT in cfg.needs:
+            raise ConfigError(f"--offload runs layer-wise methods (gptq, rtn, sparsegpt, wanda, magnitude, svd_llm, "
+                              f"eora); '{cfg.method}' needs the whole model in memory: leave out --offload")
+    if len(passes) > 1:
+        raise ConfigError("--offload runs one calibration pass; split the recipe into jobs, one per pass")
+    if checkpoint_dir is not None:
+        raise ConfigError("an offloaded run keeps no per-block checkpoints; pass checkpoint_dir=None")
 
 
 def _check_compensation(passes: list[list[MethodConfig]]) -> None:
@@ -152,19 +192,24 @@ def _run_pass(
     log: RunLog,
     progress: bool,
     checkpoint: Checkpoint | None,
+    batch_size: int,
+    residency: Residency,
 ) -> list[MethodConfig]:
     """Plan, start, act on every block, finish; returns the resolved stages."""
     needs_data = [cfg.method for cfg in stages if cfg.needs]
     if needs_data and calibration is None:
         raise ConfigError(f"method {needs_data[0]} needs calibration data; pass calibration windows")
     handlers: list[Handler] = [cfg.handler() for cfg in stages]
-    sweep = None if calibration is None else partial(iter_block_stats, adapter, calibration)
+    sweep = None if calibration is None else partial(iter_block_stats, adapter, calibration, batch_size=batch_size,
+                                                     residency=residency)
     stages = [h.plan(cfg, adapter, sweep) for h, cfg in zip(handlers, stages)]
-    hidden, calls = capture_block_inputs(adapter, calibration.ids) if needs_data else (None, [None] * adapter.num_blocks)
-    first = BlockStep(adapter, 0, hidden, calls[0], log)
+    hidden, calls = capture_block_inputs(adapter, calibration.ids, batch_size=batch_size, residency=residency) if needs_data else (None, [None] * adapter.num_blocks)
+    residency.load(0)
+    first = BlockStep(adapter, 0, hidden, calls[0], log, batch_size)
     changed = [h.start(cfg, first) for h, cfg in zip(handlers, stages)]  # every start hook runs
     if any(changed) and needs_data:
-        hidden, _ = capture_block_inputs(adapter, calibration.ids, record_calls=False)
+        hidden, _ = capture_block_inputs(adapter, calibration.ids, record_calls=False, batch_size=batch_size,
+                                         residency=residency)
     start = 0
     if checkpoint is not None:
         start, hidden, records, _ = checkpoint.restore(adapter, hidden)
@@ -174,7 +219,9 @@ def _run_pass(
     blocks = range(start, adapter.num_blocks)
     names = "+".join(cfg.method for cfg in stages)
     for index in tqdm(blocks, desc=names, unit="block", initial=start, total=adapter.num_blocks, disable=not progress):
-        step = BlockStep(adapter, index, hidden, calls[index], log)
+        residency.load(index)
+        residency.before(index)
+        step = BlockStep(adapter, index, hidden, calls[index], log, batch_size)
         originals = _snapshot(adapter, index) if snapshot else {}
         for handler, cfg in zip(handlers, stages):
             if cfg.scope is Scope.LAYER:
@@ -184,8 +231,10 @@ def _run_pass(
         if needs_data and index + 1 < adapter.num_blocks:
             hidden = step.output()
         _release_caches(adapter.blocks[index])
+        residency.after(index)
         if checkpoint is not None:
             checkpoint.save_block(adapter, index, hidden, [r.as_dict() for r in log.as_list()])
+        residency.unload(index)
     for handler, cfg in zip(handlers, stages):
         handler.finish(cfg, adapter, log)
     return stages

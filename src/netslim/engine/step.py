@@ -34,6 +34,7 @@ class BlockStep:
             data-free pass.
         call: The block's other call arguments (rotary embeddings, masks).
         log: The run's records; :meth:`record` adds to it.
+        batch_size: Windows per forward of the block.
     """
 
     adapter: ModelAdapter
@@ -41,6 +42,7 @@ class BlockStep:
     hidden: torch.Tensor | None
     call: BlockCall | None
     log: RunLog
+    batch_size: int = 1
 
     @property
     def block(self) -> nn.Module:
@@ -78,7 +80,7 @@ class BlockStep:
                 handles.append(block.get_submodule(point).register_forward_pre_hook(acc.add_input))
         try:
             if handles:
-                run_block(block, self.hidden, self.call)
+                run_block(block, self.hidden, self.call, self.batch_size)
         finally:
             for handle in handles:
                 handle.remove()
@@ -118,9 +120,9 @@ class BlockStep:
                 accumulators[name] = acc
         try:
             if output:
-                result = run_block(self.block, self.hidden, self.call)
+                result = run_block(self.block, self.hidden, self.call, self.batch_size)
             else:
-                run_block_until_stopped(self.block, self.hidden, self.call)
+                run_block_until_stopped(self.block, self.hidden, self.call, self.batch_size)
                 result = None
         finally:
             for handle in handles:
@@ -130,7 +132,7 @@ class BlockStep:
 
     def output(self) -> torch.Tensor:
         """The block's output for the calibration states, with its current weights."""
-        return run_block(self.block, self.hidden, self.call)
+        return run_block(self.block, self.hidden, self.call, self.batch_size)
 
 
 class _Lazy:

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from netslim.data.windows import TokenWindows
 from netslim.engine.capture import capture_block_inputs, run_block
 from netslim.engine.records import RunLog
+from netslim.engine.residency import IN_MEMORY, Residency
+from netslim.errors import ConfigError
 from netslim.engine.stats import LAYER_STATS, BlockStats, LayerStats, Stat
 from netslim.engine.step import BlockStep
 from netslim.models.adapter import ModelAdapter
@@ -31,6 +33,8 @@ def iter_block_stats(
     windows: int | None = None,
     gradient_windows: int | None = None,
     layers: Callable[[str], bool] | None = None,
+    batch_size: int = 1,
+    residency: Residency = IN_MEMORY,
 ) -> Iterator[tuple[int, BlockStats]]:
     """Each block's index and its :class:`BlockStats`, without changing the model.
 
@@ -45,14 +49,21 @@ def iter_block_stats(
         layers: Gather input statistics only for the projections it accepts (by full name),
             e.g. FLAP's output projections (default: every projection). Gradients cover every
             projection.
+        batch_size: Windows per block forward.
+        residency: Loads each block before its statistics and unloads it once the caller
+            has read them (it may read the block's weights meanwhile).
     """
+    if residency.streams and needs & {Stat.GRADIENT, Stat.SKIP_LOSS}:
+        raise ConfigError("--offload holds one block at a time; gradients and skip losses need the whole model: "
+                          "leave out --offload")
     ids = calibration.ids if windows is None else calibration.ids[:windows]
     grads = gradients(adapter, ids[:gradient_windows]) if Stat.GRADIENT in needs else None
     layer_needs = needs & LAYER_STATS
     forward = bool(layer_needs or needs & {Stat.BLOCK_COSINE, Stat.SKIP_LOSS})  # gradients alone need no block pass
-    hidden, calls = capture_block_inputs(adapter, ids) if forward else (None, [None] * adapter.num_blocks)
+    hidden, calls = capture_block_inputs(adapter, ids, batch_size=batch_size, residency=residency) if forward else (None, [None] * adapter.num_blocks)
     for index in range(adapter.num_blocks):
-        step = BlockStep(adapter, index, hidden, calls[index], RunLog())
+        residency.load(index)
+        step = BlockStep(adapter, index, hidden, calls[index], RunLog(), batch_size)
         groups = [g for g in adapter.block_input_groups(index) if layers is None or any(map(layers, g))]
         found, output = step.layer_stats(groups, layer_needs, grads)
         if grads is not None:  # a projection without input statistics still gets its gradient
@@ -64,8 +75,9 @@ def iter_block_stats(
         if Stat.BLOCK_COSINE in needs:
             stats.cosine = float(F.cosine_similarity(hidden.float().flatten(0, 1), output.float().flatten(0, 1), dim=-1).mean())
         if Stat.SKIP_LOSS in needs:
-            stats.skip_loss = _skip_loss(adapter, hidden, calls, index, ids)
+            stats.skip_loss = _skip_loss(adapter, hidden, calls, index, ids, batch_size)
         yield index, stats
+        residency.unload(index)
         hidden = output
 
 
@@ -88,9 +100,10 @@ def gradients(adapter: ModelAdapter, ids: torch.Tensor) -> dict[str, torch.Tenso
             param.requires_grad_(flags.get(name, True))
 
 
-def _skip_loss(adapter: ModelAdapter, hidden: torch.Tensor, calls: list, skipped: int, ids: torch.Tensor) -> float:
+def _skip_loss(adapter: ModelAdapter, hidden: torch.Tensor, calls: list, skipped: int, ids: torch.Tensor,
+               batch_size: int) -> float:
     """Mean next-token NLL of ``ids`` when block ``skipped`` (entered by ``hidden``) is bypassed."""
     for index in range(skipped + 1, adapter.num_blocks):
-        hidden = run_block(adapter.blocks[index], hidden, calls[index])
+        hidden = run_block(adapter.blocks[index], hidden, calls[index], batch_size)
     logits = adapter.lm_head(adapter.final_norm(hidden))[:, :-1].float()
     return float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten().to(logits.device)))

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from netslim.data.windows import TokenWindows
 
+LOGITS_PER_CHUNK = 2**24  # float32 logits held at once by perplexity_from_hidden (64 MiB)
+
 
 @dataclass(frozen=True)
 class Perplexity:
@@ -42,21 +44,51 @@ class Perplexity:
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, windows: TokenWindows, progress: bool = True) -> Perplexity:
-    """Perplexity of a causal LM on ``windows``, one window per forward pass."""
+def perplexity(model: nn.Module, windows: TokenWindows, progress: bool = True, batch_size: int = 1) -> Perplexity:
+    """Perplexity of a causal LM on ``windows``, ``batch_size`` windows per forward pass (the
+    log-softmax in float32 whatever the model's dtype)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total_nll, total_tokens = 0.0, 0
+    bar = tqdm(total=len(windows.ids), desc="perplexity", unit="window", disable=not progress)
     try:
-        for row in tqdm(windows.ids, desc="perplexity", unit="window", disable=not progress):
-            ids = row.unsqueeze(0).to(device)
-            logits = model(ids, use_cache=False).logits[0, :-1].float()
-            nll = F.cross_entropy(logits, ids[0, 1:], reduction="sum")
+        for batch in windows.ids.split(batch_size):
+            ids = batch.to(device)
+            logits = model(ids, use_cache=False).logits[:, :-1].float()
+            nll = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum")
             total_nll += float(nll)
-            total_tokens += ids.shape[1] - 1
+            total_tokens += ids[:, 1:].numel()
+            bar.update(ids.shape[0])
     finally:
+        bar.close()
         model.train(was_training)
+    return _result(total_nll, total_tokens, windows)
+
+
+@torch.no_grad()
+def perplexity_from_hidden(final_norm: nn.Module, lm_head: nn.Module, hidden: torch.Tensor, windows: TokenWindows,
+                           batch_size: int = 1, softcap: float | None = None) -> Perplexity:
+    """Perplexity of ``windows`` from the hidden states leaving the last block (an offloaded
+    run, which never holds the whole model): the final norm and head, then the same NLL as
+    :func:`perplexity`, the head applied to a few tokens at a time so the logits of a large
+    vocabulary never fill memory. ``softcap``: the config's ``final_logit_softcapping``
+    (Gemma 2 and 3)."""
+    total_nll, total_tokens = 0.0, 0
+    step = max(1, LOGITS_PER_CHUNK // lm_head.weight.shape[0])  # tokens per head product
+    for start in range(0, hidden.shape[0], batch_size):
+        states = final_norm(hidden[start:start + batch_size])[:, :-1].flatten(0, 1)
+        targets = windows.ids[start:start + batch_size, 1:].flatten().to(states.device)
+        for first in range(0, states.shape[0], step):
+            logits = lm_head(states[first:first + step]).float()
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            total_nll += float(F.cross_entropy(logits, targets[first:first + step], reduction="sum"))
+        total_tokens += targets.numel()
+    return _result(total_nll, total_tokens, windows)
+
+
+def _result(total_nll: float, total_tokens: int, windows: TokenWindows) -> Perplexity:
     mean = total_nll / total_tokens
     ppl = math.exp(mean) if mean < math.log(1e300) else math.inf  # nan stays nan
     return Perplexity(ppl, mean, total_tokens, windows)

@@ -147,6 +147,7 @@ def render_markdown(typed: Report) -> str:
         f"BOS per window: {proto['bos_per_window']}; ppl = exp(mean NLL of predicted tokens)",
         f"- calibration: {calib.get('source', 'none (data-free)')}, {calib.get('windows', 0)} windows of "
         f"{calib.get('seqlen', '-')} tokens, seed {calib.get('seed', '-')}",
+        *_execution_line(proto.get("execution")),
         "",
         "## Results",
         "",
@@ -166,6 +167,14 @@ def render_markdown(typed: Report) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _execution_line(execution: dict | None) -> list[str]:
+    """How the job ran (reports written before netslim recorded it have none)."""
+    if not execution:
+        return []
+    return [f"- execution: {execution['device_name']} ({execution['device']}), {execution['dtype']}, batch "
+            f"{execution['batch_size']} windows per forward, {execution['threads']} CPU threads; statistics in float32"]
 
 
 def _recovery_line(summary: dict[str, Any]) -> str:

@@ -57,15 +57,17 @@ def model_size(model: nn.Module) -> ModelSize:
 
     A :class:`QuantizedLinear` keeps its weight in buffers (codes, scales, zeros); it counts as
     its ``out x in`` weights and its bias, non-zero where the dequantized weight is, and the
-    bytes of those buffers.
+    bytes of those buffers. Tensors on the meta device (not loaded) are not counted.
     """
     params = nonzero = size = 0
     for p in unique_parameters(model):
+        if p.is_meta:  # a block an offloaded run has not loaded
+            continue
         params += p.numel()
         nonzero += int(torch.count_nonzero(p))
         size += p.numel() * p.element_size()
     for module in model.modules():
-        if _is_quantized(module):
+        if _is_quantized(module) and not module.codes.is_meta:
             weight = module.dequantize()
             tensors = [module.codes, module.scales, module.zeros]
             extra = [] if module.bias is None else [module.bias]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from netslim.errors import ModelNotFoundError, NetslimError
 from netslim.export.modules import rebuild_modules
-from netslim.export.storage import PACKED_FILE, ArtifactError, checked_file, read_packed
+from netslim.export.storage import ArtifactError, checked_file, packed_files, read_packed
 from netslim.models.folder import NETSLIM_MARKER, LoadedModel, load_hf_folder, load_tokenizer
 
 SUPPORTED_FORMATS = ("dense", "modules", "packed", "slim_plan")
@@ -80,7 +80,7 @@ def weight_files(folder: Path, info: dict) -> list[Path]:
         ArtifactError: naming the first missing or truncated file.
     """
     if info["format"] == "packed":
-        return [checked_file(folder / PACKED_FILE)]
+        return [checked_file(folder / name) for name in packed_files(info["storage"]["tensors"])]
     # model.safetensors, or the shards save_pretrained splits a large model into
     files = [checked_file(f) for f in sorted(folder.glob("*.safetensors"))]
     return files or [checked_file(folder / "model.safetensors")]

@@ -84,7 +84,7 @@ class SavedResult(Protocol):
     plan: SlimPlan | None
 
 
-def _reference_model(model):
+def reference_model(model):
     """The model the config alone builds, on the meta device (no memory), to spot resized layers."""
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
@@ -136,22 +136,21 @@ def save(
             plain = _plain_state(model, modules)
             model.save_pretrained(tmp, safe_serialization=True, state_dict=plain)
             storage = {"summary": storage_summary(dense_records(unique_state(plain)[0]), decoder_linears(model))}
-        if result.tokenizer is not None:
-            result.tokenizer.save_pretrained(tmp)
-        (tmp / "recipe.yaml").write_text(dump_recipe(result.recipe), encoding="utf-8")
-        marker = {
-            "netslim_version": __version__,
-            # "dense": plain transformers loads it; "packed" needs netslim.load.
-            "format": "packed" if packed else "dense",
-            "modules": modules if packed else {},
-            "storage": storage,
-            "source": result.source,
-            "recipe": recipe_data(result.recipe),
-        }
-        (tmp / NETSLIM_MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-        if result.report is not None:
-            _write_report(result.report, storage["summary"], folder_weight_bytes(tmp), tmp)
+        finish_folder(tmp, result, "packed" if packed else "dense", modules if packed else {}, storage)
     return Path(path)
+
+
+def finish_folder(tmp: Path, result: SavedResult, fmt: str, modules: dict, storage: dict) -> None:
+    """Everything of an LM output folder but its weights: tokenizer, recipe.yaml, netslim.json
+    (``fmt``: "dense", plain transformers loads it; "packed" needs netslim.load) and the report."""
+    if result.tokenizer is not None:
+        result.tokenizer.save_pretrained(tmp)
+    (tmp / "recipe.yaml").write_text(dump_recipe(result.recipe), encoding="utf-8")
+    marker = {"netslim_version": __version__, "format": fmt, "modules": modules, "storage": storage,
+              "source": result.source, "recipe": recipe_data(result.recipe)}
+    (tmp / NETSLIM_MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+    if result.report is not None:
+        _write_report(result.report, storage["summary"], folder_weight_bytes(tmp), tmp)
 
 
 def _save_slim_plan(result: SavedResult, path: str | os.PathLike, overwrite: bool, format: str) -> Path:  # noqa: A002
@@ -198,7 +197,7 @@ def _layout(model, format: str, dtype) -> tuple[dict[str, dict], bool, dict]:  #
     if format not in FORMATS:
         raise ConfigError(f"unknown storage format '{format}'; use one of {', '.join(FORMATS)}")
     dtypes = value_dtypes(model, dtype)
-    reference = _reference_model(model)
+    reference = reference_model(model)
     modules = module_specs(model, reference)
     if format == "dense":
         built = dict(reference.named_modules())
@@ -232,11 +231,21 @@ def _plain_state(model, modules: dict[str, dict]) -> dict[str, torch.Tensor]:
 
 def _write_packed_model(model, state, aliases, plan, dtypes, folder: Path) -> dict:
     """Config files plus ``netslim.safetensors``; the ``storage`` entry of ``netslim.json``."""
+    write_configs(model, folder)
+    records = write_packed(state, plan, dtypes, folder, declared_widths(model))
+    return packed_storage(model, records, aliases, dtypes)
+
+
+def write_configs(model, folder: Path) -> None:
+    """``config.json`` and, for a model that generates, ``generation_config.json``."""
     model.config.save_pretrained(folder)
     generation = getattr(model, "generation_config", None)
     if generation is not None and model.can_generate():
         generation.save_pretrained(folder)
-    records = write_packed(state, plan, dtypes, folder, declared_widths(model))
+
+
+def packed_storage(model, records: dict, aliases: dict, dtypes: dict) -> dict:
+    """The ``storage`` entry of a packed folder's ``netslim.json``."""
     value_dtype = next((str(d).removeprefix("torch.") for d in dtypes.values() if d is not None), "own")
     return {
         "value_dtype": value_dtype,  # of the tensors not in quantized layers that it does not overflow

@@ -21,6 +21,7 @@ from torch import nn
 
 from netslim.errors import ArtifactError, ConfigError, NetslimError
 from netslim.export.codecs import CODECS, choose_codec, decode, encode, store_values
+from netslim.models.folder import NETSLIM_MARKER
 
 PACKED_FILE = "netslim.safetensors"
 VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -44,9 +45,12 @@ def checked_file(file: Path) -> Path:
 
 
 def unique_state(full: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A state dict with each tied tensor once, and ``alias -> kept name`` for the others."""
+    """A state dict with each tied tensor once, and ``alias -> kept name`` for the others.
+    Tensors on the meta device (blocks an offloaded run has not loaded) are left out."""
     state, aliases, seen = {}, {}, {}
     for name, tensor in full.items():
+        if tensor.is_meta:
+            continue
         key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
         if tensor.numel() and key in seen:
             aliases[name] = seen[key]
@@ -56,7 +60,8 @@ def unique_state(full: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     return state, aliases
 
 
-def value_dtypes(model: nn.Module, dtype: torch.dtype | str | None = "auto") -> dict[str, torch.dtype | None]:
+def value_dtypes(model: nn.Module, dtype: torch.dtype | str | None = "auto",
+                 quantized: bool | None = None) -> dict[str, torch.dtype | None]:
     """Name (as in :func:`unique_state`) -> dtype each floating tensor's values are stored in
     (``None``: its own dtype, exact).
 
@@ -67,6 +72,8 @@ def value_dtypes(model: nn.Module, dtype: torch.dtype | str | None = "auto") -> 
             tensors), except the quantized layers' own (scales, zeros, bias), and keeps any
             other model exact. A tensor the value dtype would overflow keeps its own dtype
             (see :func:`netslim.export.codecs.store_values`).
+        quantized: For ``"auto"``: whether the model has quantized layers, when ``model``
+            holds only part of it (an offloaded run's loaded block); ``None``: look.
 
     Raises:
         ConfigError: for any other ``dtype``.
@@ -80,10 +87,11 @@ def value_dtypes(model: nn.Module, dtype: torch.dtype | str | None = "auto") -> 
     floats = {n: t for n, t in state.items() if t.is_floating_point()}
     if dtype == "auto":
         kinds = {f"{name}.": getattr(type(module), "netslim_kind", None) for name, module in model.named_modules()}
-        quantized = tuple(prefix for prefix, kind in kinds.items() if kind == "quantized")
-        floats = {n: t for n, t in floats.items() if not n.startswith(quantized)}
+        quantized_prefixes = tuple(prefix for prefix, kind in kinds.items() if kind == "quantized")
+        floats = {n: t for n, t in floats.items() if not n.startswith(quantized_prefixes)}
         bf16 = any(t.dtype == torch.bfloat16 for t in floats.values())
-        dtype = (torch.bfloat16 if bf16 else torch.float16) if quantized else None
+        dtype = (torch.bfloat16 if bf16 else torch.float16) if (bool(quantized_prefixes) if quantized is None
+                                                                  else quantized) else None
         floats = {n: t for n, t in floats.items() if t.element_size() > 2}  # 16-bit tensors keep theirs
     return {name: dtype if name in floats else None for name in state}
 
@@ -136,17 +144,31 @@ def declared_widths(model: nn.Module) -> dict[str, int]:
 
 
 def write_packed(state: dict[str, torch.Tensor], plan: dict[str, str], dtypes: dict[str, torch.dtype | None],
-                 folder: Path, widths: dict[str, int] | None = None) -> dict:
+                 folder: Path, widths: dict[str, int] | None = None, file: str = PACKED_FILE) -> dict:
     """Encode ``state`` by ``plan`` (values in ``dtypes``, integer tensors at least as wide as
-    ``widths`` says) into ``folder / PACKED_FILE``; return ``name -> record``."""
+    ``widths`` says) into ``folder / file``; return ``name -> record`` (with ``"file"`` when
+    it is not :data:`PACKED_FILE`: a folder written shard by shard)."""
     parts, records = {}, {}
     for name, tensor in state.items():
         encoded, record = encode(tensor, plan[name], dtypes[name], (widths or {}).get(name))
         record["bytes"] = sum(t.numel() * t.element_size() for t in encoded.values())
+        if file != PACKED_FILE:
+            record["file"] = file
         records[name] = record
         parts.update({f"{name}.{part}": t for part, t in encoded.items()})
-    save_file(parts, folder / PACKED_FILE, metadata={"format": "pt", "netslim": "packed"})
+    save_file(parts, folder / file, metadata={"format": "pt", "netslim": "packed"})
     return records
+
+
+def packed_files(records: dict[str, dict]) -> list[str]:
+    """The files a packed folder's records name, :data:`PACKED_FILE` first if any."""
+    names = {str(_file_of(record)) for record in records.values()}
+    return sorted(names, key=lambda name: (name != PACKED_FILE, name))
+
+
+def _file_of(record) -> str:
+    """The file a record's parts are in (a damaged record that is no object: the default)."""
+    return record.get("file", PACKED_FILE) if isinstance(record, dict) else PACKED_FILE
 
 
 def read_packed(folder: Path, records: dict[str, dict], aliases: dict[str, str]) -> dict[str, torch.Tensor]:
@@ -156,13 +178,17 @@ def read_packed(folder: Path, records: dict[str, dict], aliases: dict[str, str])
         ArtifactError: naming the file, if it is missing or truncated, lacks a part its
             records name, or a record does not match its parts (a damaged or foreign folder).
     """
-    file = folder / PACKED_FILE
     grouped: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(checked_file(file)).items():
-        name, _, part = key.rpartition(".")
-        grouped.setdefault(name, {})[part] = tensor
+    for name in packed_files(records):
+        if Path(name).name != name or not name.endswith(".safetensors"):
+            raise ArtifactError(f"'{folder / NETSLIM_MARKER}' names the weight file '{name}', which is not a "
+                                "safetensors file of the folder; the folder is damaged")
+        for key, tensor in load_file(checked_file(folder / name)).items():
+            tensor_name, _, part = key.rpartition(".")
+            grouped.setdefault(tensor_name, {})[part] = tensor
     state = {}
     for name, record in records.items():
+        file = folder / str(_file_of(record))
         parts = grouped.get(name)
         if not parts:
             raise ArtifactError(f"'{file}' lacks the stored tensor '{name}'; the folder is damaged, save it again")
@@ -174,7 +200,7 @@ def read_packed(folder: Path, records: dict[str, dict], aliases: dict[str, str])
                                 f"netslim.json ({reason}); the folder is damaged or needs a newer netslim") from None
     for alias, target in aliases.items():
         if target not in state:
-            raise ArtifactError(f"'{file}' lacks the stored tensor '{target}' (of '{alias}'); the folder is damaged")
+            raise ArtifactError(f"'{folder}' lacks the stored tensor '{target}' (of '{alias}'); the folder is damaged")
         state[alias] = state[target]
     return state
 

@@ -64,7 +64,7 @@ def load_hf_folder(folder: Path, dtype: torch.dtype, source: str) -> LoadedModel
     folder = Path(folder)
     config = read_model_config(folder)
     check_causal_lm(config, f"'{folder / CONFIG_FILE}'")
-    _check_weights(folder)
+    check_weights(folder)
     tokenizer = load_tokenizer(folder)
     from transformers.utils import logging as hf_logging  # noqa: PLC0415
 
@@ -260,8 +260,9 @@ def _read_json(file: Path) -> dict:
     return data
 
 
-def _check_weights(folder: Path) -> None:
-    """Check the safetensors files ``from_pretrained`` will read: present and not truncated."""
+def check_weights(folder: Path) -> list[Path]:
+    """Check the safetensors files ``from_pretrained`` will read: present and not truncated;
+    return them (empty for the legacy ``pytorch_model.bin`` layout, which transformers checks)."""
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
         files = [single]
@@ -274,13 +275,14 @@ def _check_weights(folder: Path) -> None:
             if not file.is_file():
                 raise ModelFileError(f"'{index}' lists {file.name}, which is missing; re-download the model")
     elif (folder / "pytorch_model.bin").is_file() or (folder / "pytorch_model.bin.index.json").is_file():
-        return  # read by transformers (weights only); its errors are reported in one line by the caller
+        return []  # read by transformers (weights only); its errors are reported in one line by the caller
     else:
         raise ModelNotFoundError(
             f"folder '{folder}' has a config.json but no weights (model.safetensors); {_FIX}"
         )
     for file in files:
         _check_safetensors(file)
+    return files
 
 
 def _check_safetensors(file: Path) -> None:

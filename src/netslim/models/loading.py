@@ -29,7 +29,14 @@ from pathlib import Path
 
 import torch
 
-from netslim.errors import CustomCodeError, ModelFileError, ModelNotFoundError, NetslimError, UnsupportedModelError
+from netslim.errors import (
+    ConfigError,
+    CustomCodeError,
+    ModelFileError,
+    ModelNotFoundError,
+    NetslimError,
+    UnsupportedModelError,
+)
 from netslim.export.atomic import PARTIAL_FILE, clean_stale, partial_folder
 from netslim.export.load import load as load_netslim_folder
 from netslim.models.folder import (  # noqa: F401  (the folder names are re-exported: netslim.models.loading.*)
@@ -101,6 +108,34 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32) ->
             f"model '{spec}' not found: not a folder, a .gguf file or an alias ({', '.join(ALIASES)})"
         )
     return _load_hub(spec, dtype)
+
+
+def checkpoint_folder(source: str | os.PathLike) -> Path:
+    """The local Hugging Face folder holding ``source``'s weights, for reading them block by
+    block (aliases and ``.gguf`` files are converted once into the cache).
+
+    Raises:
+        ConfigError: for a netslim output folder or a hub id (``--offload`` reads local
+            checkpoints), saying what to do instead.
+        ModelNotFoundError: as :func:`load_model`.
+    """
+    spec = str(source)
+    if spec in ALIASES:
+        return _gguf_to_folder(_alias_gguf(spec))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file '{spec}' not found")
+        return _gguf_to_folder(path)
+    if path.is_dir() and (path / NETSLIM_MARKER).is_file():
+        raise ConfigError(f"--offload reads a Hugging Face checkpoint, and '{spec}' is a netslim output; compress "
+                          "it without --offload")
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        return path
+    if path.is_dir():
+        raise ModelNotFoundError(f"folder '{spec}' has no config.json; is it a Hugging Face model folder?")
+    raise ConfigError(f"--offload reads a local checkpoint; '{spec}' is not a folder, a .gguf file or an alias: "
+                      "download it first (huggingface-cli download) and pass its folder")
 
 
 def _load_hub(repo_id: str, dtype: torch.dtype) -> LoadedModel:

@@ -29,7 +29,7 @@ import torch
 
 from netslim.ops.kgrid import SUPER_BLOCK, KGrid, kgrid_params
 from netslim.ops.masks import layer_mask, nm_mask
-from netslim.ops.quant import QuantizedWeight, codes_for, fake_quantize, grid_params, group_index, group_params
+from netslim.ops.quant import QuantizedWeight, codes_for, grid_params, group_index, group_params, max_code
 
 BLOCK_SIZE = 128
 
@@ -67,20 +67,32 @@ def obs_sweep(weight: torch.Tensor, upper: torch.Tensor, rule: ColumnRule, block
     loss = torch.zeros((), dtype=torch.float64)
     for start in range(0, columns, block_size):
         end = min(start + block_size, columns)
-        block = weight[:, start:end].clone()  # (out, width)
+        # The block is held transposed, (width, out) in memory, so that each column a rule
+        # reads and the sweep updates is contiguous; rules see the usual (out, width) view.
+        block = weight[:, start:end].t().contiguous().t()
         hinv = upper[start:end, start:end]
         hinv_diag = torch.diagonal(hinv)
-        errors = torch.zeros_like(block)
+        errors = torch.empty(end - start, weight.shape[0], dtype=weight.dtype, device=weight.device)  # (width, out)
         for local in range(end - start):
             q = rule(start + local, local, block, hinv_diag)
-            err = (block[:, local] - q) / hinv_diag[local]
-            block[:, local:].sub_(err.unsqueeze(1) * hinv[local, local:].unsqueeze(0))
+            err = errors[local]
+            torch.sub(block[:, local], q, out=err).div_(hinv_diag[local])
+            block[:, local:].addr_(err, hinv[local, local:], alpha=-1)  # OBS update of the columns to come
             block[:, local] = q
-            errors[:, local] = err
         loss += errors.double().square().sum() / 2
         weight[:, start:end] = block
-        weight[:, end:].sub_(errors @ upper[start:end, end:])
+        weight[:, end:].addmm_(errors.t(), upper[start:end, end:], alpha=-1)
     return float(loss)
+
+
+def _column_grid(scale: torch.Tensor, zero: torch.Tensor) -> tuple:
+    """``(scale, zero, whole, fraction)`` of a group's grid (or of every group's, rows of
+    (groups, out) tensors) as :func:`netslim.ops.quant.quantize_codes` applies it, contiguous;
+    ``fraction`` is ``None`` for integer zero points (every grid but a fitted one)."""
+    scale, zero = scale.contiguous(), zero.contiguous()
+    whole = torch.round(zero)
+    fraction = zero - whole
+    return scale, zero, whole, (fraction if bool(fraction.any()) else None)
 
 
 class QuantRule:
@@ -113,8 +125,11 @@ class QuantRule:
         self.static = perm is not None or group_size == -1
         order = perm if perm is not None else torch.arange(weight.shape[1])
         self.groups: list[int] = self.g_idx[order].tolist()  # group of each sweep position
+        self.maxq = max_code(bits)
+        self._grid: tuple | None = None  # the current group's grid, as _column_grid gives it
         if self.static:
             self.scales, self.zeros = group_params(weight.float(), bits, group_size, sym, fit, importance, kgrid)
+            self._table = _column_grid(self.scales.t(), self.zeros.t())  # (groups, out) each
         else:
             groups = int(self.g_idx[-1]) + 1
             self.scales = torch.zeros(weight.shape[0], groups)
@@ -136,8 +151,20 @@ class QuantRule:
             else:
                 scale, zero = grid_params(block[:, span], self.bits, self.sym, self.fit, weights)
                 self.scales[:, group], self.zeros[:, group] = scale, zero
-        q = fake_quantize(values, self.scales[:, group], self.zeros[:, group], self.bits)
-        return q if self.keep is None else q * self.keep[:, col]
+            self._grid = None
+        if self.static:  # every group's grid is known: one row of the table per group
+            scale, zero, whole = self._table[0][group], self._table[1][group], self._table[2][group]
+            fraction = None if self._table[3] is None else self._table[3][group]
+        else:
+            if self._grid is None or self._grid[0] != group:
+                self._grid = (group, *_column_grid(self.scales[:, group], self.zeros[:, group]))
+            _, scale, zero, whole, fraction = self._grid
+        # fake_quantize, in place on one fresh column: clamp(round(w / s + frac) + whole) - zero, times s
+        q = torch.div(values, scale)
+        if fraction is not None:
+            q.add_(fraction)
+        q.round_().add_(whole).clamp_(0, self.maxq).sub_(zero).mul_(scale)
+        return q if self.keep is None else q.mul_(self.keep[:, col])
 
     def result(self, weight: torch.Tensor) -> QuantizedWeight:
         """Codes of the swept ``weight`` (natural order, on the grid) and the grid."""

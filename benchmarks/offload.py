@@ -1,0 +1,156 @@
+"""Benchmark: compressing a real checkpoint with --offload against the same job in memory (issue 14).
+
+Each run is one `compress_job` in its own fresh process, one after the other (never two at
+once), on a checkpoint converted once beforehand (the conversion is not measured). Peak RSS is
+the child's own high-water mark (``ru_maxrss``). The offloaded run is repeated inside a cgroup
+(v1 or v2) whose hard memory limit is below the checkpoint's float32 size, where the machine
+allows creating one. Both folders are reloaded afterwards and compared tensor by tensor.
+
+    python benchmarks/offload.py                      # gemma3-270m, wanda 50%
+    python benchmarks/offload.py --model smollm2-135m --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import write_results
+
+RECIPE = [{"method": "wanda", "ratio": 0.5}]
+RUNS = {"in memory": {"offload": False}, "offload": {"offload": True}}
+
+
+def _child(model: str, out: str, offload: bool, dtype: str, calib: int, evals: int) -> None:
+    """One job, in this process; prints its measurements as JSON."""
+    from netslim.api import peak_rss_bytes  # noqa: PLC0415
+    from netslim.engine.execution import Execution  # noqa: PLC0415
+    from netslim.job import Protocol, compress_job  # noqa: PLC0415
+
+    protocol = Protocol(calib_windows=calib, eval_windows=evals)
+    result = compress_job(model, RECIPE, out, protocol, progress=False, storage_format="packed",
+                          execution=Execution(dtype=dtype, offload=offload))
+    report = result.report
+    print(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "seconds": report.compress_seconds,
+                      "dense_ppl": report.baseline.ppl, "ppl": report.compressed.ppl}))
+
+
+def _memory_cgroup(limit: int) -> Path | None:
+    """A fresh cgroup with a hard memory limit, or ``None`` where this machine allows none."""
+    own = Path("/proc/self/cgroup").read_text().splitlines()
+    v1 = next((line.split(":", 2)[2] for line in own if ":memory:" in line), None)
+    base = Path(f"/sys/fs/cgroup/memory{v1}") if v1 is not None else Path("/sys/fs/cgroup" + own[-1].split("::")[-1])
+    group = base / f"netslim-bench-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / ("memory.limit_in_bytes" if v1 is not None else "memory.max")).write_text(str(limit))
+        if v1 is not None and (group / "memory.memsw.limit_in_bytes").exists():
+            (group / "memory.memsw.limit_in_bytes").write_text(str(limit))  # no escape into swap
+    except OSError:
+        return None
+    return group
+
+
+def _run(args, name: str, out: Path, offload: bool, cgroup: Path | None = None) -> dict:
+    command = [sys.executable, __file__, "--child", "--model", args.model, "--out", str(out), "--dtype", args.dtype,
+               "--calib-windows", str(args.calib_windows), "--eval-windows", str(args.eval_windows)]
+    if offload:
+        command.append("--offload")
+    preexec = None
+    if cgroup is not None:
+        def preexec():  # join the cgroup before exec, so the whole child is limited
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=preexec,
+                          env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    if done.returncode != 0:
+        return {"returncode": done.returncode, "error": done.stderr.strip().splitlines()[-1:] or ["killed"]}
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{name}: {row}", flush=True)
+    return row
+
+
+def _same_weights(a: Path, b: Path) -> dict:
+    import torch  # noqa: PLC0415
+
+    import netslim  # noqa: PLC0415
+
+    first, second = netslim.load(a).model.state_dict(), netslim.load(b).model.state_dict()
+    differing = [k for k in first if k not in second or not torch.equal(first[k], second[k])]
+    return {"tensors": len(first), "differing": len(differing), "first_differing": differing[:3]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--calib-windows", type=int, default=64)
+    parser.add_argument("--eval-windows", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="8 calibration and 8 evaluation windows")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--offload", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.calib_windows = args.eval_windows = 8
+    if args.child:
+        _child(args.model, args.out, args.offload, args.dtype, args.calib_windows, args.eval_windows)
+        return
+    subprocess.run([sys.executable, "-c", f"import netslim; netslim.load_model({args.model!r})"], check=True)
+    from netslim.models.lazy import checkpoint_bytes  # noqa: PLC0415
+    from netslim.models.loading import checkpoint_folder  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    fp32_bytes = checkpoint_bytes(checkpoint_folder(args.model), torch.float32)
+    work = Path(tempfile.mkdtemp(prefix="netslim-offload-bench-"))
+    try:
+        rows = {name: _run(args, name, work / name.replace(" ", "-"), **flags) for name, flags in RUNS.items()}
+        limit = int(0.9 * fp32_bytes)
+        cgroup = _memory_cgroup(limit)
+        limited = {"skipped": "no cgroup could be created on this machine"}
+        if cgroup is not None:
+            limited = {"limit_bytes": limit, **_run(args, "offload under the limit", work / "limited", True, cgroup)}
+            cgroup.rmdir()
+        same = _same_weights(work / "in-memory", work / "offload")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    memory, offload = rows["in memory"], rows["offload"]
+    ratio = offload["peak_rss_bytes"] / memory["peak_rss_bytes"]
+    payload = {
+        "protocol": {"model": args.model, "recipe": RECIPE, "dtype": args.dtype, "calib_windows": args.calib_windows,
+                     "eval_windows": args.eval_windows, "seqlen": 512, "threads": args.threads,
+                     "measure": "each job in a fresh process, one after the other; peak RSS = the child's ru_maxrss; "
+                                "the checkpoint converted beforehand"},
+        "checkpoint_fp32_bytes": fp32_bytes,
+        "runs": rows,
+        "offload_under_limit": limited,
+        "peak_rss_ratio_offload_to_memory": ratio,
+        "same_weights": same,
+    }
+    table = "\n".join([
+        "| run | peak RSS (MB) | x fp32 checkpoint | seconds | dense ppl | ppl |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[f"| {name} | {r['peak_rss_bytes'] / 1e6:.0f} | {r['peak_rss_bytes'] / fp32_bytes:.2f} | {r['seconds']:.0f} | "
+          f"{r['dense_ppl']:.3f} | {r['ppl']:.3f} |" for name, r in {**rows, "offload under limit": limited}.items()
+          if "peak_rss_bytes" in r],
+        "",
+        f"Protocol: {args.model} ({fp32_bytes / 1e6:.0f} MB in float32), wanda 50%, {args.dtype}, "
+        f"{args.calib_windows} calibration windows of WikiText-2 valid, first {args.eval_windows} windows of "
+        f"WikiText-2 test, seqlen 512, {args.threads} threads; each job in a fresh process, one after the other; "
+        f"offload/in-memory peak RSS {ratio:.2f}x; weights identical: {same['differing'] == 0} "
+        f"({same['tensors']} tensors); hard limit: {limited.get('limit_bytes', 0) / 1e6:.0f} MB "
+        f"({'finished' if 'peak_rss_bytes' in limited else limited})",
+    ])
+    write_results(f"offload_{args.model}", payload, table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
