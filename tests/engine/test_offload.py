@@ -155,3 +155,20 @@ def test_offload_is_chosen_when_the_checkpoint_would_not_fit(tiny_folder, tmp_pa
     result = compress_job(str(folder), [{"method": "width", "ratio": 0.3}], tmp_path / "w", _protocol(text),
                           progress=False, execution=Execution(offload=None))
     assert result.report.protocol["execution"]["offload"] is False
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "opt"])
+def test_offload_matches_memory_on_families_with_computed_buffers(family, tiny_folder, tmp_path):
+    """Gemma 3 scales its embeddings by a buffer the config computes; OPT has learned positions."""
+    from tiny_models import char_tokenizer
+
+    _, text = tiny_folder
+    folder = tmp_path / family
+    tiny_model(family).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    ppl = {}
+    for offload in (False, True):
+        result = compress_job(str(folder), RECIPES["rtn"], tmp_path / f"o-{offload}", _protocol(text),
+                              progress=False, storage_format="packed", execution=Execution(offload=offload))
+        ppl[offload] = (result.report.baseline.ppl, result.report.compressed.ppl)
+    assert ppl[True] == pytest.approx(ppl[False], rel=1e-4)  # the same up to float summation order

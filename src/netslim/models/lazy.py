@@ -82,9 +82,16 @@ class LazyModel:
             self.model.tie_weights()
 
     def unload_outside(self) -> None:
-        """Put the embeddings, final norm and head back on the meta device."""
-        for module in (*self.adapter.embeddings, self.adapter.final_norm, self.adapter.lm_head):
-            module.to("meta")
+        """Put the tensors outside the blocks that the checkpoint holds back on the meta device
+        (buffers the config computes, such as Gemma's embedding scale, stay)."""
+        from accelerate.utils import set_module_tensor_to_device  # noqa: PLC0415
+
+        prefix = f"{self.adapter.spec.layers}."
+        for name in self.files:
+            if not name.startswith(prefix):
+                set_module_tensor_to_device(self.model, name, "meta")
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            self.model.tie_weights()  # the head shares the embedding: now the meta one
 
     def block_bytes(self) -> int:
         """Bytes of the largest block in the compute dtype (what one loaded block costs)."""
