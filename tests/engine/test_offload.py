@@ -77,7 +77,7 @@ def _weights(folder) -> dict:
             "torch.save({k: v for k, v in m.state_dict().items()}, sys.argv[2])")
     target = folder.parent / f"{folder.name}.pt"
     subprocess.run([sys.executable, "-c", code, str(folder), str(target)], check=True, capture_output=True)
-    return torch.load(target)
+    return torch.load(target, weights_only=True)
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
