@@ -93,13 +93,6 @@ class LazyModel:
         if getattr(self.model.config, "tie_word_embeddings", False):
             self.model.tie_weights()  # the head shares the embedding: now the meta one
 
-    def block_bytes(self) -> int:
-        """Bytes of the largest block in the compute dtype (what one loaded block costs)."""
-        state = self.model.state_dict()
-        sizes = [sum(t.numel() for n, t in state.items() if n.startswith(self.block_prefix(index)))
-                 for index in range(self.adapter.num_blocks)]
-        return max(sizes, default=0) * torch.empty((), dtype=self.dtype).element_size()
-
     def _read(self, names: list[str]) -> None:
         from accelerate.utils import set_module_tensor_to_device  # noqa: PLC0415
 
