@@ -2,9 +2,11 @@
 
 Each run is one `compress_job` in its own fresh process, one after the other (never two at
 once), on a checkpoint converted once beforehand (the conversion is not measured). Peak RSS is
-the child's own high-water mark (``ru_maxrss``). The offloaded run is repeated inside a cgroup
-(v1 or v2) whose hard memory limit is below the checkpoint's float32 size, where the machine
-allows creating one. Both folders are reloaded afterwards and compared tensor by tensor.
+the child's own high-water mark (``ru_maxrss``); seconds are the whole job's wall time (load,
+calibration, compression, both evaluations, writing). The offloaded run is repeated inside a
+cgroup (v1 or v2) whose hard memory limit is below the checkpoint's float32 size, where the
+machine allows creating one (in bfloat16 too, if float32 does not finish under it). Both
+unlimited folders are reloaded afterwards and compared tensor by tensor.
 
     python benchmarks/offload.py                      # gemma3-270m, wanda 50%
     python benchmarks/offload.py --model smollm2-135m --quick
@@ -29,15 +31,19 @@ RUNS = {"in memory": {"offload": False}, "offload": {"offload": True}}
 
 def _child(model: str, out: str, offload: bool, dtype: str, calib: int, evals: int) -> None:
     """One job, in this process; prints its measurements as JSON."""
+    import time  # noqa: PLC0415
+
     from netslim.api import peak_rss_bytes  # noqa: PLC0415
     from netslim.engine.execution import Execution  # noqa: PLC0415
     from netslim.job import Protocol, compress_job  # noqa: PLC0415
 
     protocol = Protocol(calib_windows=calib, eval_windows=evals)
+    started = time.perf_counter()
     result = compress_job(model, RECIPE, out, protocol, progress=False, storage_format="packed",
                           execution=Execution(dtype=dtype, offload=offload))
     report = result.report
-    print(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "seconds": report.compress_seconds,
+    print(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "seconds": time.perf_counter() - started,
+                      "compress_seconds": report.compress_seconds, "dtype": dtype,
                       "dense_ppl": report.baseline.ppl, "ppl": report.compressed.ppl}))
 
 
@@ -57,8 +63,9 @@ def _memory_cgroup(limit: int) -> Path | None:
     return group
 
 
-def _run(args, name: str, out: Path, offload: bool, cgroup: Path | None = None) -> dict:
-    command = [sys.executable, __file__, "--child", "--model", args.model, "--out", str(out), "--dtype", args.dtype,
+def _run(args, name: str, out: Path, offload: bool, cgroup: Path | None = None, dtype: str | None = None) -> dict:
+    command = [sys.executable, __file__, "--child", "--model", args.model, "--out", str(out),
+               "--dtype", dtype or args.dtype,
                "--calib-windows", str(args.calib_windows), "--eval-windows", str(args.eval_windows)]
     if offload:
         command.append("--offload")
@@ -89,8 +96,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--calib-windows", type=int, default=64)
-    parser.add_argument("--eval-windows", type=int, default=40)
+    parser.add_argument("--calib-windows", type=int, default=32)
+    parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="8 calibration and 8 evaluation windows")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -115,8 +122,12 @@ def main() -> None:
         limit = int(0.9 * fp32_bytes)
         cgroup = _memory_cgroup(limit)
         limited = {"skipped": "no cgroup could be created on this machine"}
+        limited_bf16 = {"skipped": "float32 finished under the limit" if cgroup else "no cgroup"}
         if cgroup is not None:
             limited = {"limit_bytes": limit, **_run(args, "offload under the limit", work / "limited", True, cgroup)}
+            if "peak_rss_bytes" not in limited and args.dtype != "bfloat16":
+                limited_bf16 = {"limit_bytes": limit, **_run(args, "offload bf16 under the limit",
+                                                             work / "limited-bf16", True, cgroup, "bfloat16")}
             cgroup.rmdir()
         same = _same_weights(work / "in-memory", work / "offload")
     finally:
@@ -126,27 +137,30 @@ def main() -> None:
     payload = {
         "protocol": {"model": args.model, "recipe": RECIPE, "dtype": args.dtype, "calib_windows": args.calib_windows,
                      "eval_windows": args.eval_windows, "seqlen": 512, "threads": args.threads,
-                     "measure": "each job in a fresh process, one after the other; peak RSS = the child's ru_maxrss; "
+                     "measure": "each job in a fresh process, one after the other; peak RSS = the child's ru_maxrss; seconds = the job's wall time; "
                                 "the checkpoint converted beforehand"},
         "checkpoint_fp32_bytes": fp32_bytes,
         "runs": rows,
         "offload_under_limit": limited,
+        "offload_bf16_under_limit": limited_bf16,
         "peak_rss_ratio_offload_to_memory": ratio,
         "same_weights": same,
     }
     table = "\n".join([
-        "| run | peak RSS (MB) | x fp32 checkpoint | seconds | dense ppl | ppl |",
-        "|---|---:|---:|---:|---:|---:|",
-        *[f"| {name} | {r['peak_rss_bytes'] / 1e6:.0f} | {r['peak_rss_bytes'] / fp32_bytes:.2f} | {r['seconds']:.0f} | "
-          f"{r['dense_ppl']:.3f} | {r['ppl']:.3f} |" for name, r in {**rows, "offload under limit": limited}.items()
-          if "peak_rss_bytes" in r],
+        "| run | dtype | peak RSS (MB) | x fp32 checkpoint | job seconds | compress seconds | dense ppl | ppl |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        *[f"| {name} | {r['dtype']} | {r['peak_rss_bytes'] / 1e6:.0f} | {r['peak_rss_bytes'] / fp32_bytes:.2f} | "
+          f"{r['seconds']:.0f} | {r['compress_seconds']:.0f} | {r['dense_ppl']:.3f} | {r['ppl']:.3f} |"
+          for name, r in {**rows, "offload under limit": limited,
+                          "offload bf16 under limit": limited_bf16}.items() if "peak_rss_bytes" in r],
         "",
         f"Protocol: {args.model} ({fp32_bytes / 1e6:.0f} MB in float32), wanda 50%, {args.dtype}, "
         f"{args.calib_windows} calibration windows of WikiText-2 valid, first {args.eval_windows} windows of "
         f"WikiText-2 test, seqlen 512, {args.threads} threads; each job in a fresh process, one after the other; "
         f"offload/in-memory peak RSS {ratio:.2f}x; weights identical: {same['differing'] == 0} "
         f"({same['tensors']} tensors); hard limit: {limited.get('limit_bytes', 0) / 1e6:.0f} MB "
-        f"({'finished' if 'peak_rss_bytes' in limited else limited})",
+        f"({'finished' if 'peak_rss_bytes' in limited else limited}; in bfloat16: "
+        f"{'finished' if 'peak_rss_bytes' in limited_bf16 else limited_bf16})",
     ])
     write_results(f"offload_{args.model}", payload, table)
     print(table)

@@ -1,7 +1,8 @@
 """``--offload``: compress and evaluate a causal LM that need not fit in memory, one block at a time.
 
-The model is built on the meta device (:mod:`netslim.models.lazy`); its embeddings are read
-only while the states entering block 0 are captured, and its final norm and head at the end.
+The model is built on the meta device (:mod:`netslim.models.lazy`); of its token embedding only
+the rows of the tokens in use are read, while the states entering block 0 are captured, and its
+head a slice of the vocabulary at a time at the end.
 One calibration pass of the engine then visits each decoder
 block in turn; for each, this module's residency
 
@@ -13,8 +14,8 @@ block in turn; for each, this module's residency
 5. runs the compressed evaluation states through it, and frees it.
 
 After the last block, the final norm and head turn both sets of states into perplexities.
-Peak memory is the larger of the embeddings (or head) and one block, plus the calibration and
-evaluation states;
+Peak memory is one block and a slice of the vocabulary, plus the calibration and evaluation
+states;
 the output folder is written shard by shard inside an atomic temporary folder. The weights are
 those of the same job in memory: the engine's pass is the same one.
 
@@ -72,16 +73,16 @@ class StreamedBlocks(Residency):
 
     def __init__(self, lazy: LazyModel, evaluation, batch_size: int, writer: PackedShards):
         self.lazy, self.evaluation, self.batch_size, self.writer = lazy, evaluation, batch_size, writer
-        lazy.load_outside()
-        self.rest = model_size(lazy.model)  # nothing but the embeddings, final norm and head is loaded
+        self.rest = _outside_size(lazy)
         self.dense, self.calls = capture_block_inputs(lazy.adapter, evaluation.ids, batch_size=batch_size,
                                                       residency=self)
         self.compressed = self.dense.clone()
         self.sizes = {"dense": [], "compressed": []}
         self.loaded: set[int] = set()
+        self.eval_seconds = 0.0  # spent on the evaluation states inside the pass, not compressing
 
-    def load_outside(self) -> None:
-        self.lazy.load_outside()
+    def load_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lazy.load_embeddings(ids)
 
     def unload_outside(self) -> None:
         self.lazy.unload_outside()
@@ -96,30 +97,39 @@ class StreamedBlocks(Residency):
         self.loaded.discard(index)
 
     def before(self, index: int) -> None:
-        block = self.lazy.adapter.blocks[index]
+        started, block = time.perf_counter(), self.lazy.adapter.blocks[index]
         self.dense = run_block(block, self.dense, self.calls[index], self.batch_size)
         self.sizes["dense"].append(model_size(block))
+        self.eval_seconds += time.perf_counter() - started
 
     def after(self, index: int) -> None:
         block = self.lazy.adapter.blocks[index]
         check_finite(block, f"block {index} after compression")
         self.writer.write_block(index)
+        started = time.perf_counter()
         self.compressed = run_block(block, self.compressed, self.calls[index], self.batch_size)
         self.sizes["compressed"].append(model_size(block))
+        self.eval_seconds += time.perf_counter() - started
 
     def perplexity(self, side: str) -> Perplexity:
         """The perplexity of the dense or the compressed model, once every block is done (the
-        caller loads the final norm and head: :meth:`LazyModel.load_outside`)."""
-        adapter = self.lazy.adapter
-        softcap = getattr(adapter.config, "final_logit_softcapping", None)
+        caller loads the final norm: :meth:`LazyModel.load_outside`); the head is read a slice
+        of the vocabulary at a time."""
+        lazy = self.lazy
+        softcap = getattr(lazy.adapter.config, "final_logit_softcapping", None)
         hidden = self.dense if side == "dense" else self.compressed
-        return perplexity_from_hidden(adapter.final_norm, adapter.lm_head, hidden, self.evaluation,
-                                      self.batch_size, softcap)
+        bias = lazy.adapter.lm_head.bias
+
+        def head():
+            for start, rows in lazy.read_rows(lazy.head_name):
+                yield rows, None if bias is None else bias[start:start + rows.shape[0]]
+
+        return perplexity_from_hidden(lazy.adapter.final_norm, head, hidden, self.evaluation, self.batch_size,
+                                      softcap)
 
     def size(self, side: str) -> ModelSize:
         """Parameters, non-zero parameters and in-memory bytes of the dense or compressed model."""
-        parts = [self.rest, *self.sizes[side]]
-        return ModelSize(*(sum(getattr(p, f) for p in parts) for f in ("params", "nonzero_params", "size_bytes")))
+        return _total([self.rest, *self.sizes[side]])
 
 
 def offload_job(source: str, stages: list[MethodConfig], protocol, execution: Execution, out, overwrite: bool,
@@ -142,17 +152,17 @@ def offload_job(source: str, stages: list[MethodConfig], protocol, execution: Ex
         windows = calibration(lm, source=protocol.calib, windows=protocol.calib_windows, seqlen=protocol.seqlen,
                               seed=protocol.seed, target=protocol.calib_target, select=protocol.calib_select)
     quantizes = any(isinstance(stage, QuantizationConfig) for stage in stages)
-    started = time.perf_counter()
     with atomic_folder(out, overwrite, inputs=[source, str(folder)]) as tmp:
         writer = PackedShards(lazy.model, tmp, quantizes)
         streamed = StreamedBlocks(lazy, evaluation, execution.batch_size, writer)
+        started = time.perf_counter()
         result = compress(lm, stages, windows, progress=progress, held_out=protocol.eval,
                           batch_size=execution.batch_size, residency=streamed)
-        lazy.load_outside()  # the final norm and head, for the perplexities and the last shard
+        result.seconds = time.perf_counter() - started - streamed.eval_seconds  # compressing alone, as in memory
+        lazy.load_outside(matrices=False)  # the final norm, for the perplexities and the last shard
         baseline, after = streamed.perplexity("dense"), streamed.perplexity("compressed")
         if not torch.isfinite(torch.tensor(baseline.ppl)):
             raise NetslimError(f"model '{source}' has a non-finite perplexity ({baseline.ppl}) on {protocol.eval}")
-        result.seconds = time.perf_counter() - started  # the pass also measured both models
         result.report = Report(
             kind="causal_lm",
             model=source,
@@ -165,5 +175,27 @@ def offload_job(source: str, stages: list[MethodConfig], protocol, execution: Ex
             peak_rss_bytes=peak_rss_bytes(),
             layers=[record.as_dict() for record in result.layers],
         )
-        writer.finish(result)
+        writer.finish(result, {name: _rows_of(lazy, name) for name in lazy.matrices})
     return result
+
+
+def _rows_of(lazy: LazyModel, name: str):
+    return lambda: (rows for _, rows in lazy.read_rows(name))
+
+
+def _outside_size(lazy: LazyModel) -> ModelSize:
+    """Parameters, non-zero parameters and bytes of the tensors outside the blocks, the
+    vocabulary matrices read a slice at a time."""
+    lazy.load_outside(matrices=False)
+    try:
+        parts = [model_size(lazy.model)]  # what is loaded: norms, position embeddings, biases
+    finally:
+        lazy.unload_outside()
+    for name in lazy.matrices:
+        for _, rows in lazy.read_rows(name):
+            parts.append(ModelSize(rows.numel(), int(torch.count_nonzero(rows)), rows.numel() * rows.element_size()))
+    return _total(parts)
+
+
+def _total(parts: list[ModelSize]) -> ModelSize:
+    return ModelSize(*(sum(getattr(p, f) for p in parts) for f in ("params", "nonzero_params", "size_bytes")))

@@ -13,11 +13,11 @@ from netslim.data.windows import TokenWindows
 from netslim.engine.capture import capture_block_inputs, run_block
 from netslim.engine.execution import Execution
 from netslim.errors import ConfigError, ModelFileError
-from netslim.eval.perplexity import perplexity, perplexity_from_hidden
+from netslim.eval.perplexity import head_slices, perplexity, perplexity_from_hidden
 from netslim.job import Protocol, compress_job
 from netslim.models.adapter import ModelAdapter
 from netslim.models.lazy import open_lazy
-from tiny_models import TINY_CONFIGS, eval_text_beside, tiny_model
+from tiny_models import TINY_CONFIGS, char_tokenizer, eval_text_beside, tiny_model
 
 RECIPES = {
     "gptq": [{"method": "gptq", "bits": 4, "group_size": 32}],
@@ -37,9 +37,15 @@ def test_perplexity_from_the_last_hidden_states_is_the_models(family):
         hidden, calls = capture_block_inputs(adapter, ids, batch_size=2)
         for index, block in enumerate(adapter.blocks):
             hidden = run_block(block, hidden, calls[index], 2)
-    streamed = perplexity_from_hidden(adapter.final_norm, adapter.lm_head, hidden, windows, 2,
-                                      getattr(model.config, "final_logit_softcapping", None))
-    assert streamed.ppl == pytest.approx(perplexity(model, windows, progress=False).ppl, rel=1e-5)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    whole = perplexity_from_hidden(adapter.final_norm, head_slices(adapter.lm_head), hidden, windows, 2, softcap)
+    weight, bias = adapter.lm_head.weight, adapter.lm_head.bias
+    sliced = perplexity_from_hidden(  # the vocabulary in uneven slices, as a checkpoint is read
+        adapter.final_norm, lambda: [(w, None if bias is None else bias[s:s + len(w)])
+                                     for s, w in zip(range(0, len(weight), 37), weight.split(37))],
+        hidden, windows, 2, softcap)
+    reference = perplexity(model, windows, progress=False).ppl
+    assert whole.ppl == pytest.approx(reference, rel=1e-5) and sliced.ppl == pytest.approx(reference, rel=1e-5)
 
 
 def test_a_lazy_model_loads_one_block_at_a_time(tiny_folder):
@@ -52,6 +58,14 @@ def test_a_lazy_model_loads_one_block_at_a_time(tiny_folder):
     assert torch.equal(lazy.model.lm_head.weight, reference.lm_head.weight)
     lazy.unload_outside()
     assert lazy.model.lm_head.weight.is_meta and lazy.model.model.embed_tokens.weight.is_meta
+    ids = torch.tensor([[5, 90, 5, 17], [127, 3, 90, 0]])
+    renumbered = lazy.load_embeddings(ids)  # the rows of these tokens only
+    assert lazy.model.model.embed_tokens.weight.shape[0] == 6 and lazy.model.lm_head.weight.is_meta
+    assert torch.equal(lazy.model.model.embed_tokens(renumbered), reference.model.embed_tokens(ids))
+    lazy.unload_outside()
+    assert lazy.model.model.embed_tokens.weight.shape == reference.model.embed_tokens.weight.shape
+    head = torch.cat([rows for _, rows in lazy.read_rows(lazy.head_name, rows=50)])
+    assert torch.equal(head, reference.lm_head.weight)
     lazy.load_block(1)
     assert torch.equal(blocks[1].mlp.up_proj.weight, reference.model.layers[1].mlp.up_proj.weight)
     assert all(p.is_meta for p in blocks[0].parameters())
@@ -172,3 +186,27 @@ def test_offload_matches_memory_on_families_with_computed_buffers(family, tiny_f
                               progress=False, storage_format="packed", execution=Execution(offload=offload))
         ppl[offload] = (result.report.baseline.ppl, result.report.compressed.ppl)
     assert ppl[True] == pytest.approx(ppl[False], rel=1e-4)  # the same up to float summation order
+
+
+def test_a_sparse_embedding_is_stored_as_in_memory(tmp_path):
+    """The vocabulary matrices are streamed into the folder only when dense; a sparse one is
+    read whole and takes the codec netslim.save would give it."""
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.embed_tokens.weight[::2] = 0  # half the rows
+    folder = tmp_path / "sparse-embedding"
+    model.save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"the quick brown fox {i} jumps over the lazy dog." for i in range(400)))
+    records, weights = {}, {}
+    for offload in (False, True):
+        out = tmp_path / f"o-{offload}"
+        compress_job(str(folder), RECIPES["rtn"], out, _protocol(text), progress=False, storage_format="packed",
+                     execution=Execution(offload=offload))
+        records[offload] = json.loads((out / "netslim.json").read_text())["storage"]["tensors"]
+        weights[offload] = _weights(out)
+    name = "model.embed_tokens.weight"
+    assert records[True][name]["codec"] == records[False][name]["codec"] == "bitmask"
+    assert records[True][name]["bytes"] == records[False][name]["bytes"]
+    assert torch.equal(weights[True][name], weights[False][name])

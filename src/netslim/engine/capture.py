@@ -61,8 +61,7 @@ def capture_block_inputs(
         ``(hidden, calls)``: hidden of shape (windows, seqlen, hidden_size) on the model's
         device, and one :class:`BlockCall` per block.
     """
-    residency.load_outside()
-    model, device = adapter.model, adapter.device
+    model = adapter.model
     hidden: list[torch.Tensor] = []
     calls: list[BlockCall | None] = [None] * adapter.num_blocks
     stop_after_first = [False]
@@ -90,6 +89,8 @@ def capture_block_inputs(
     handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(adapter.blocks)]
     starts = [0, *range(1, ids.shape[0], batch_size)]
     try:
+        ids = residency.load_embeddings(ids)
+        device = adapter.device  # where the embeddings now are
         for first, end in zip(starts, [*starts[1:], ids.shape[0]]):
             stop_after_first[0] = first > 0 or not record_calls
             if first == 0 and record_calls:

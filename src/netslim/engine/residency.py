@@ -15,8 +15,10 @@ class Residency:
 
     streams = False  # whether blocks leave memory between uses (then one layer-wise pass only)
 
-    def load_outside(self) -> None:
-        """The embeddings are about to be used (capturing what enters block 0)."""
+    def load_embeddings(self, ids):
+        """The embeddings are about to embed ``ids`` (capturing what enters block 0); returns
+        the ids to feed the model instead (a residency may renumber them into the rows it read)."""
+        return ids
 
     def unload_outside(self) -> None:
         """The capture is done; the tensors outside the blocks may leave memory until needed."""

@@ -66,26 +66,48 @@ def perplexity(model: nn.Module, windows: TokenWindows, progress: bool = True, b
     return _result(total_nll, total_tokens, windows)
 
 
+def head_slices(lm_head: nn.Module):
+    """The head of a model in memory as :func:`perplexity_from_hidden` takes it: one slice."""
+    return lambda: [(lm_head.weight, lm_head.bias)]
+
+
 @torch.no_grad()
-def perplexity_from_hidden(final_norm: nn.Module, lm_head: nn.Module, hidden: torch.Tensor, windows: TokenWindows,
+def perplexity_from_hidden(final_norm: nn.Module, head, hidden: torch.Tensor, windows: TokenWindows,
                            batch_size: int = 1, softcap: float | None = None) -> Perplexity:
     """Perplexity of ``windows`` from the hidden states leaving the last block (an offloaded
     run, which never holds the whole model): the final norm and head, then the same NLL as
-    :func:`perplexity`, the head applied to a few tokens at a time so the logits of a large
-    vocabulary never fill memory. ``softcap``: the config's ``final_logit_softcapping``
-    (Gemma 2 and 3)."""
-    total_nll, total_tokens = 0.0, 0
-    step = max(1, LOGITS_PER_CHUNK // lm_head.weight.shape[0])  # tokens per head product
-    for start in range(0, hidden.shape[0], batch_size):
-        states = final_norm(hidden[start:start + batch_size])[:, :-1].flatten(0, 1)
-        targets = windows.ids[start:start + batch_size, 1:].flatten().to(states.device)
+    :func:`perplexity`.
+
+    ``head()`` gives the head's rows in vocabulary order as ``(weight rows, bias rows or
+    None)`` slices (:func:`head_slices` for a head in memory, a checkpoint read slice by slice
+    for a large vocabulary). The log-sum-exp over the vocabulary is accumulated slice by slice,
+    a few tokens at a time, so neither the head nor the logits need be whole in memory.
+    ``softcap``: the config's ``final_logit_softcapping`` (Gemma 2 and 3).
+    """
+    states = torch.cat([final_norm(hidden[s:s + batch_size])[:, :-1].flatten(0, 1)
+                        for s in range(0, hidden.shape[0], batch_size)])
+    targets = windows.ids[:, 1:].flatten().to(states.device)
+    top = torch.full(targets.shape, -math.inf, device=states.device)  # running max logit per token
+    total = torch.zeros(targets.shape, device=states.device)  # sum of exp(logit - top)
+    picked = torch.zeros(targets.shape, device=states.device)  # the target's logit
+    first_row = 0
+    for weight, bias in head():
+        rows = weight.shape[0]
+        step = max(1, LOGITS_PER_CHUNK // rows)  # tokens per product
         for first in range(0, states.shape[0], step):
-            logits = lm_head(states[first:first + step]).float()
+            span = slice(first, first + step)
+            logits = F.linear(states[span], weight, bias).float()
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
-            total_nll += float(F.cross_entropy(logits, targets[first:first + step], reduction="sum"))
-        total_tokens += targets.numel()
-    return _result(total_nll, total_tokens, windows)
+            new_top = torch.maximum(top[span], logits.max(dim=1).values)
+            total[span] = total[span] * torch.exp(top[span] - new_top) + torch.exp(logits - new_top[:, None]).sum(1)
+            top[span] = new_top
+            local = targets[span] - first_row
+            inside = (local >= 0) & (local < rows)
+            picked[span][inside] = logits[inside.nonzero().squeeze(1), local[inside]]
+        first_row += rows
+    total_nll = float((top + total.log() - picked).double().sum())
+    return _result(total_nll, targets.numel(), windows)
 
 
 def _result(total_nll: float, total_tokens: int, windows: TokenWindows) -> Perplexity:

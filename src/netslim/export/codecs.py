@@ -105,6 +105,11 @@ def store_values(values: torch.Tensor, dtype: torch.dtype | None) -> torch.Tenso
     return cast.contiguous() if torch.isfinite(cast).all() or not torch.isfinite(values).all() else values.contiguous()
 
 
+def dense_record(shape: list[int], dtype: torch.dtype, stored: torch.dtype) -> dict:
+    """The record of a tensor stored with the ``dense`` codec (its values in ``stored``)."""
+    return {"codec": "dense", "shape": shape, "dtype": _dtype_name(dtype), "stored": _dtype_name(stored)}
+
+
 def _record(codec: str, tensor: torch.Tensor, **params) -> dict:
     return {"codec": codec, "shape": list(tensor.shape), "dtype": _dtype_name(tensor.dtype), **params}
 
@@ -113,10 +118,14 @@ def integer_bits(tensor: torch.Tensor) -> int | None:
     """Bits needed to store ``tensor`` exactly as unsigned integers, or ``None`` if it cannot be."""
     if tensor.numel() == 0 or tensor.dtype == torch.bool or tensor.is_complex():
         return None
-    if tensor.is_floating_point() and not torch.equal(tensor, tensor.round()):
+    if tensor.is_floating_point() and not (_rounds(tensor.reshape(-1)[:4096]) and _rounds(tensor)):
         return None
     low, high = int(tensor.min()), int(tensor.max())
     return max(1, high.bit_length()) if low >= 0 and high < 1 << 16 else None
+
+
+def _rounds(tensor: torch.Tensor) -> bool:
+    return torch.equal(tensor, tensor.round())
 
 
 def nm_pattern(tensor: torch.Tensor) -> tuple[int, int] | None:
@@ -155,7 +164,7 @@ def encode(tensor: torch.Tensor, codec: str, dtype: torch.dtype | None,
     tensor = tensor.detach().cpu()
     if codec == "dense":
         data = store_values(tensor, dtype)
-        return {"data": data}, _record("dense", tensor, stored=_dtype_name(data.dtype))
+        return {"data": data}, dense_record(list(tensor.shape), tensor.dtype, data.dtype)
     if codec == "lowbit":
         bits = lowbit_width(tensor, bits)
         if bits is None:

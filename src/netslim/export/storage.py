@@ -24,6 +24,7 @@ from netslim.export.codecs import CODECS, choose_codec, decode, encode, store_va
 from netslim.models.folder import NETSLIM_MARKER
 
 PACKED_FILE = "netslim.safetensors"
+PACKED_METADATA = {"format": "pt", "netslim": "packed"}  # the safetensors header metadata of packed files
 VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -61,7 +62,8 @@ def unique_state(full: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 
 
 def value_dtypes(model: nn.Module, dtype: torch.dtype | str | None = "auto",
-                 quantized: bool | None = None) -> dict[str, torch.dtype | None]:
+                 quantized: bool | None = None, state: dict[str, torch.Tensor] | None = None,
+                 ) -> dict[str, torch.dtype | None]:
     """Name (as in :func:`unique_state`) -> dtype each floating tensor's values are stored in
     (``None``: its own dtype, exact).
 
@@ -74,6 +76,8 @@ def value_dtypes(model: nn.Module, dtype: torch.dtype | str | None = "auto",
             (see :func:`netslim.export.codecs.store_values`).
         quantized: For ``"auto"``: whether the model has quantized layers, when ``model``
             holds only part of it (an offloaded run's loaded block); ``None``: look.
+        state: The tensors to decide for (meta ones included: their dtype is enough);
+            default the model's loaded tensors (:func:`unique_state`).
 
     Raises:
         ConfigError: for any other ``dtype``.
@@ -83,7 +87,7 @@ def value_dtypes(model: nn.Module, dtype: torch.dtype | str | None = "auto",
     if dtype != "auto" and dtype is not None and dtype not in VALUE_DTYPES:
         names = ", ".join(str(d) for d in VALUE_DTYPES)
         raise ConfigError(f"storage dtype {dtype!r} is not one of 'auto', None, {names}")
-    state, _ = unique_state(model.state_dict())
+    state = unique_state(model.state_dict())[0] if state is None else state
     floats = {n: t for n, t in state.items() if t.is_floating_point()}
     if dtype == "auto":
         kinds = {f"{name}.": getattr(type(module), "netslim_kind", None) for name, module in model.named_modules()}
@@ -156,7 +160,7 @@ def write_packed(state: dict[str, torch.Tensor], plan: dict[str, str], dtypes: d
             record["file"] = file
         records[name] = record
         parts.update({f"{name}.{part}": t for part, t in encoded.items()})
-    save_file(parts, folder / file, metadata={"format": "pt", "netslim": "packed"})
+    save_file(parts, folder / file, metadata=PACKED_METADATA)
     return records
 
 

@@ -6,7 +6,10 @@ rotary frequencies, are real). :meth:`LazyModel.load_block` reads one block's te
 checkpoint onto the compute device in the compute dtype; :meth:`LazyModel.unload_block` puts
 them back on the meta device, so that a pass over the blocks holds one block at a time. The
 tensors outside the blocks (token embeddings, final norm, head) are read and freed the same
-way (:meth:`LazyModel.load_outside`), only while they are needed.
+way (:meth:`LazyModel.load_outside`), only while they are needed. The vocabulary matrices
+(token embedding and head) are never read whole: capturing the states that enter block 0 reads
+only the embedding rows of the tokens in use (:meth:`LazyModel.load_embeddings`), and the head
+is read a slice of the vocabulary at a time (:meth:`LazyModel.read_rows`).
 
 The checkpoint is checked before anything is read: every tensor the config builds must be in
 its files under the same name and shape, and no file may hold a tensor the config lacks.
@@ -35,6 +38,7 @@ from netslim.models.folder import (
 )
 
 _READABLE = ("F32", "F16", "BF16", "F64", "I64", "I32", "U8", "BOOL")  # safetensors dtypes read here
+ROWS_PER_READ = 8192  # rows of a vocabulary matrix read at a time (20 MiB of float32 at width 640)
 
 
 @dataclass
@@ -57,9 +61,11 @@ class LazyModel:
     dtype: torch.dtype
     device: torch.device
     adapter: ModelAdapter = field(init=False)
+    padding_idx: int | None = field(init=False)  # the embedding's, unset while only some rows are read
 
     def __post_init__(self) -> None:
         self.adapter = ModelAdapter.from_model(self.model)
+        self.padding_idx = self.model.get_input_embeddings().padding_idx
 
     def block_prefix(self, index: int) -> str:
         """``model.layers.3.``: the name prefix of block ``index``'s tensors."""
@@ -74,12 +80,48 @@ class LazyModel:
         """Put block ``index``'s tensors (compressed or not) back on the meta device."""
         self.adapter.blocks[index].to("meta")
 
-    def load_outside(self) -> None:
-        """Read the tensors outside the blocks (embeddings, final norm, head) onto the device."""
+    @property
+    def embedding_name(self) -> str:
+        """The checkpoint name of the token embedding matrix."""
+        return self._weight_name(self.model.get_input_embeddings())
+
+    @property
+    def head_name(self) -> str:
+        """The checkpoint name of the head's matrix (the embedding's when they are tied)."""
+        name = self._weight_name(self.model.get_output_embeddings())
+        return name if name in self.files else self.embedding_name
+
+    @property
+    def matrices(self) -> tuple[str, ...]:
+        """The vocabulary matrices (embedding and head, once when tied): never read whole."""
+        return tuple(dict.fromkeys((self.embedding_name, self.head_name)))
+
+    def _weight_name(self, module: nn.Module) -> str:
+        names = [f"{n}.weight" for n, m in self.model.named_modules(remove_duplicate=False) if m is module]
+        return next((n for n in names if n in self.files), names[0])
+
+    def load_outside(self, matrices: bool = True) -> None:
+        """Read the tensors outside the blocks (embeddings, final norm, head) onto the device;
+        with ``matrices=False`` all but the vocabulary matrices (:attr:`matrices`)."""
         prefix = f"{self.adapter.spec.layers}."
-        self._read([name for name in self.files if not name.startswith(prefix)])
-        if getattr(self.model.config, "tie_word_embeddings", False):
+        skip = () if matrices else self.matrices
+        self._read([name for name in self.files if not name.startswith(prefix) and name not in skip])
+        if matrices and getattr(self.model.config, "tie_word_embeddings", False):
             self.model.tie_weights()
+
+    def load_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """Read what the model needs before block 0 to embed ``ids``: the tensors outside the
+        blocks but the head, and of the token embedding only the rows of the tokens in ``ids``.
+        Returns ``ids`` renumbered into those rows, to feed the model in their place (nothing
+        but the embedding reads token ids). :meth:`unload_outside` undoes it."""
+        self.load_outside(matrices=False)
+        used = torch.unique(ids)
+        rows = [part[used[(used >= start) & (used < start + len(part))] - start]
+                for start, part in self.read_rows(self.embedding_name)]
+        embedding = self.model.get_input_embeddings()
+        embedding.weight = nn.Parameter(torch.cat(rows), requires_grad=False)
+        embedding.padding_idx = None  # it may be past the rows kept (it only matters for gradients)
+        return torch.searchsorted(used, ids)
 
     def unload_outside(self) -> None:
         """Put the tensors outside the blocks that the checkpoint holds back on the meta device
@@ -87,11 +129,31 @@ class LazyModel:
         from accelerate.utils import set_module_tensor_to_device  # noqa: PLC0415
 
         prefix = f"{self.adapter.spec.layers}."
+        embedding = self.model.get_input_embeddings()
         for name in self.files:
-            if not name.startswith(prefix):
+            if name == self.embedding_name:  # whole or rows only: the full shape, on meta
+                embedding.weight = nn.Parameter(torch.empty(self._shape(name), dtype=self.dtype, device="meta"),
+                                                requires_grad=False)
+                embedding.padding_idx = self.padding_idx
+            elif not name.startswith(prefix):
                 set_module_tensor_to_device(self.model, name, "meta")
         if getattr(self.model.config, "tie_word_embeddings", False):
             self.model.tie_weights()  # the head shares the embedding: now the meta one
+
+    def read_rows(self, name: str, rows: int = ROWS_PER_READ):
+        """``(first row, tensor of up to rows rows)`` of checkpoint tensor ``name``, in order, in
+        the compute dtype and on the device; the file is mapped only while each slice is read."""
+        for start in range(0, self._shape(name)[0], rows):
+            with safe_open(self.files[name], framework="pt", device="cpu") as handle:
+                part = handle.get_slice(name)[start:start + rows].clone()  # owned, not tied to the mapping
+            yield start, self._cast(part)
+
+    def _shape(self, name: str) -> list[int]:
+        with safe_open(self.files[name], framework="pt", device="cpu") as handle:
+            return handle.get_slice(name).get_shape()
+
+    def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
+        return (tensor.to(self.dtype) if tensor.is_floating_point() else tensor).to(self.device)
 
     def _read(self, names: list[str]) -> None:
         from accelerate.utils import set_module_tensor_to_device  # noqa: PLC0415
@@ -102,10 +164,7 @@ class LazyModel:
         for file, group in by_file.items():
             with safe_open(file, framework="pt", device="cpu") as handle:
                 for name in group:
-                    tensor = handle.get_tensor(name)
-                    if tensor.is_floating_point():
-                        tensor = tensor.to(self.dtype)
-                    set_module_tensor_to_device(self.model, name, self.device, value=tensor)
+                    set_module_tensor_to_device(self.model, name, self.device, value=self._cast(handle.get_tensor(name)))
 
 
 def open_lazy(folder: Path, dtype: torch.dtype, device: torch.device, source: str) -> LazyModel:
