@@ -10,6 +10,12 @@ unlimited folders are reloaded afterwards and compared tensor by tensor.
 
     python benchmarks/offload.py                      # gemma3-270m, wanda 50%
     python benchmarks/offload.py --model smollm2-135m --quick
+    python benchmarks/offload.py --synthetic          # a random 370M-parameter Llama (1.5 GB in float32)
+
+``--synthetic`` writes a randomly initialized Llama checkpoint (hidden 1024, 16 blocks,
+untied head) with smollm2-135m's tokenizer: its perplexities mean nothing, but its fixed costs
+(libraries, a 49k-token tokenizer) are small beside its weights, which shows whether the
+offloaded job fits under a hard limit below the float32 size.
 """
 
 from __future__ import annotations
@@ -45,6 +51,23 @@ def _child(model: str, out: str, offload: bool, dtype: str, calib: int, evals: i
     print(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "seconds": time.perf_counter() - started,
                       "compress_seconds": report.compress_seconds, "dtype": dtype,
                       "dense_ppl": report.baseline.ppl, "ppl": report.compressed.ppl}))
+
+
+def _synthetic_checkpoint(folder: Path) -> str:
+    """A random 370M-parameter Llama with smollm2-135m's tokenizer, saved as safetensors."""
+    import torch  # noqa: PLC0415
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: PLC0415
+
+    from netslim.models.loading import checkpoint_folder  # noqa: PLC0415
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_folder("smollm2-135m"))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=4096, num_hidden_layers=16,
+                         num_attention_heads=16, num_key_value_heads=16, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
 
 
 def _memory_cgroup(limit: int) -> Path | None:
@@ -100,6 +123,7 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="8 calibration and 8 evaluation windows")
+    parser.add_argument("--synthetic", action="store_true", help="a random 370M-parameter Llama instead of --model")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--offload", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -109,6 +133,10 @@ def main() -> None:
     if args.child:
         _child(args.model, args.out, args.offload, args.dtype, args.calib_windows, args.eval_windows)
         return
+    work = Path(tempfile.mkdtemp(prefix="netslim-offload-bench-"))
+    name = args.model
+    if args.synthetic:
+        args.model, name = _synthetic_checkpoint(work / "synthetic-llama-370m"), "synthetic-llama-370m"
     subprocess.run([sys.executable, "-c", f"import netslim; netslim.load_model({args.model!r})"], check=True)
     from netslim.models.lazy import checkpoint_bytes  # noqa: PLC0415
     from netslim.models.loading import checkpoint_folder  # noqa: PLC0415
@@ -116,7 +144,6 @@ def main() -> None:
     import torch  # noqa: PLC0415
 
     fp32_bytes = checkpoint_bytes(checkpoint_folder(args.model), torch.float32)
-    work = Path(tempfile.mkdtemp(prefix="netslim-offload-bench-"))
     try:
         rows = {name: _run(args, name, work / name.replace(" ", "-"), **flags) for name, flags in RUNS.items()}
         limit = int(0.9 * fp32_bytes)
@@ -135,7 +162,7 @@ def main() -> None:
     memory, offload = rows["in memory"], rows["offload"]
     ratio = offload["peak_rss_bytes"] / memory["peak_rss_bytes"]
     payload = {
-        "protocol": {"model": args.model, "recipe": RECIPE, "dtype": args.dtype, "calib_windows": args.calib_windows,
+        "protocol": {"model": name, "recipe": RECIPE, "dtype": args.dtype, "calib_windows": args.calib_windows,
                      "eval_windows": args.eval_windows, "seqlen": 512, "threads": args.threads,
                      "measure": "each job in a fresh process, one after the other; peak RSS = the child's ru_maxrss; seconds = the job's wall time; "
                                 "the checkpoint converted beforehand"},
@@ -154,7 +181,7 @@ def main() -> None:
           for name, r in {**rows, "offload under limit": limited,
                           "offload bf16 under limit": limited_bf16}.items() if "peak_rss_bytes" in r],
         "",
-        f"Protocol: {args.model} ({fp32_bytes / 1e6:.0f} MB in float32), wanda 50%, {args.dtype}, "
+        f"Protocol: {name} ({fp32_bytes / 1e6:.0f} MB in float32), wanda 50%, {args.dtype}, "
         f"{args.calib_windows} calibration windows of WikiText-2 valid, first {args.eval_windows} windows of "
         f"WikiText-2 test, seqlen 512, {args.threads} threads; each job in a fresh process, one after the other; "
         f"offload/in-memory peak RSS {ratio:.2f}x; weights identical: {same['differing'] == 0} "
@@ -162,7 +189,7 @@ def main() -> None:
         f"({'finished' if 'peak_rss_bytes' in limited else limited}; in bfloat16: "
         f"{'finished' if 'peak_rss_bytes' in limited_bf16 else limited_bf16})",
     ])
-    write_results(f"offload_{args.model}", payload, table)
+    write_results(f"offload_{name}", payload, table)
     print(table)
 
 
