@@ -115,3 +115,11 @@ def tiny_llama_with_bpe(seed: int = 0):
             if "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
     return model.eval(), tokenizer
+
+
+def random_windows(count: int = 8, seqlen: int = 32, seed: int = 0):
+    """``count`` windows of random tokens (ids 3..127) as calibration data."""
+    from netslim.data.windows import TokenWindows  # noqa: PLC0415
+
+    ids = torch.randint(3, 128, (count, seqlen), generator=torch.Generator().manual_seed(seed))
+    return TokenWindows(ids, "random tokens", seqlen, 0, False)

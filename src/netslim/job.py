@@ -25,6 +25,7 @@ import torch
 from netslim.api import CompressionResult, calibration, check_finite, compress, evaluate, peak_rss_bytes
 from netslim.data import resolve_text
 from netslim.data.select import calibration_selection, check_disjoint
+from netslim.engine.distributed import world_size
 from netslim.engine.execution import Execution, available_memory_bytes
 from netslim.engine.sequential import check_llm_stages
 from netslim.errors import ConfigError, NetslimError
@@ -107,6 +108,9 @@ def compress_job(
     Raises:
         NetslimError: one line saying what to change, before any expensive work.
     """
+    if world_size() > 1:  # every rank would write the same folder and checkpoints
+        raise ConfigError("the compress job runs in one process; under torchrun call netslim.compress from "
+                          "Python (the windows are split over the ranks) and save from rank 0")
     stages = parse_recipe(recipe)
     graph = is_task_model(source)
     check_stage_kinds(source, stages, graph)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from netslim.data.windows import TokenWindows
 from netslim.engine.capture import capture_block_inputs
+from netslim.engine.distributed import shard
 from netslim.engine.checkpoint import Checkpoint, job_fingerprint
 from netslim.engine.records import LayerRecord, RunLog
 from netslim.engine.residency import IN_MEMORY, Residency
@@ -203,12 +204,13 @@ def _run_pass(
     sweep = None if calibration is None else partial(iter_block_stats, adapter, calibration, batch_size=batch_size,
                                                      residency=residency)
     stages = [h.plan(cfg, adapter, sweep) for h, cfg in zip(handlers, stages)]
-    hidden, calls = capture_block_inputs(adapter, calibration.ids, batch_size=batch_size, residency=residency) if needs_data else (None, [None] * adapter.num_blocks)
+    ids = None if calibration is None else shard(calibration.ids)  # this process's windows
+    hidden, calls = capture_block_inputs(adapter, ids, batch_size=batch_size, residency=residency) if needs_data else (None, [None] * adapter.num_blocks)
     residency.load(0)
     first = BlockStep(adapter, 0, hidden, calls[0], log, batch_size)
     changed = [h.start(cfg, first) for h, cfg in zip(handlers, stages)]  # every start hook runs
     if any(changed) and needs_data:
-        hidden, _ = capture_block_inputs(adapter, calibration.ids, record_calls=False, batch_size=batch_size,
+        hidden, _ = capture_block_inputs(adapter, ids, record_calls=False, batch_size=batch_size,
                                          residency=residency)
     start = 0
     if checkpoint is not None:

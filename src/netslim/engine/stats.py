@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from netslim.engine.distributed import all_sum, world_size
 from netslim.ops.moments import Moments
 from netslim.ops.rotation import gram_accumulator
 
@@ -66,6 +67,17 @@ class InputStats:
     def n_tokens(self) -> int:
         """Number of tokens seen."""
         return self.fp32.n_tokens
+
+    def all_reduce(self) -> None:
+        """Sum the statistics over the processes of the group (:mod:`netslim.engine.distributed`);
+        nothing without one."""
+        if world_size() == 1:
+            return
+        for acc in (self.fp32, self.fp64, self.signal):
+            if acc is not None:
+                count = torch.tensor([float(acc.n_tokens)], dtype=torch.float64, device=acc.device)
+                all_sum([count, *acc.sums()])
+                acc.n_tokens = int(count.item())
 
     def view(self, grad: torch.Tensor | None = None) -> LayerStats:
         """A read-only view for methods (``grad``: the layer's summed gradient, if swept)."""

@@ -128,6 +128,8 @@ class BlockStep:
             for handle in handles:
                 handle.remove()
         grads = grads or {}
+        for acc in dict.fromkeys(accumulators.values()):  # each shared accumulator once, in group order
+            acc.all_reduce()
         return {name: acc.view(grads.get(name)) for name, acc in accumulators.items()}, result
 
     def output(self) -> torch.Tensor:
@@ -153,4 +155,6 @@ class _Lazy:
         self._add(out[0] if isinstance(out, tuple) else out)
 
     def view(self) -> LayerStats:
+        if self.acc is not None:
+            self.acc.all_reduce()
         return LayerStats(self.acc)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from netslim.data.windows import TokenWindows
 from netslim.engine.capture import capture_block_inputs, run_block
+from netslim.engine.distributed import check_distributable, shard
 from netslim.engine.records import RunLog
 from netslim.engine.residency import IN_MEMORY, Residency
 from netslim.errors import ConfigError
@@ -56,7 +57,8 @@ def iter_block_stats(
     if residency.streams and needs & {Stat.GRADIENT, Stat.SKIP_LOSS}:
         raise ConfigError("--offload holds one block at a time; gradients and skip losses need the whole model: "
                           "leave out --offload")
-    ids = calibration.ids if windows is None else calibration.ids[:windows]
+    check_distributable(needs)
+    ids = shard(calibration.ids if windows is None else calibration.ids[:windows])
     grads = gradients(adapter, ids[:gradient_windows]) if Stat.GRADIENT in needs else None
     layer_needs = needs & LAYER_STATS
     forward = bool(layer_needs or needs & {Stat.BLOCK_COSINE, Stat.SKIP_LOSS})  # gradients alone need no block pass

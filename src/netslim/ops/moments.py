@@ -82,6 +82,13 @@ class Moments:
             self._xtx += (part.t() @ part).to(self._xtx.dtype)
         self._pending = [rows[rows.shape[0] - keep :]] if keep else []
 
+    def sums(self) -> list[torch.Tensor | None]:
+        """The accumulated sums (total, squares, ``X^T X``; ``None`` where not kept), every
+        pending row added first: to be summed in place over processes."""
+        if self._xtx is not None and self._pending:
+            self._xtx, self._pending = self.xtx, []
+        return [self.total, self.sq_sum, self._xtx]
+
     @property
     def xtx(self) -> torch.Tensor | None:
         """``X^T X`` of every row added so far (``None`` unless asked for with ``gram``); with

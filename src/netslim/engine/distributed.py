@@ -1,0 +1,61 @@
+"""Calibration split across processes with ``torch.distributed`` (any backend: gloo on CPUs,
+nccl on GPUs).
+
+When the caller has initialized a process group (``torchrun``, or
+``torch.distributed.init_process_group``), each rank runs the engine on its share of the
+calibration windows (every ``world``-th one, from its rank) and every layer statistic is summed
+over the ranks before a method reads it, so every rank sees the statistics of all the windows
+and compresses the same way; the caller writes the result from one rank. Without a process
+group (or with one rank) nothing changes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from netslim.errors import ConfigError
+
+
+def world_size() -> int:
+    """Processes in the initialized group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def shard(ids: torch.Tensor) -> torch.Tensor:
+    """This rank's calibration windows: every ``world_size()``-th, from its rank.
+
+    Raises:
+        ConfigError: if there are fewer windows than ranks.
+    """
+    size = world_size()
+    if size == 1:
+        return ids
+    if ids.shape[0] < size:
+        raise ConfigError(f"{ids.shape[0]} calibration windows cannot be split over {size} processes; "
+                          f"use at least {size} windows or fewer processes")
+    return ids[dist.get_rank()::size]
+
+
+def all_sum(tensors: list[torch.Tensor | None]) -> None:
+    """Sum each tensor in place over the ranks (``None`` entries skipped), in one order on
+    every rank."""
+    if world_size() == 1:
+        return
+    for tensor in tensors:
+        if tensor is not None:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def check_distributable(needs) -> None:
+    """Refuse, in one line, statistics that are not sums over the windows' tokens.
+
+    Raises:
+        ConfigError: under a process group of more than one rank, for gradients, skip losses
+            and block cosines (sweeps of the whole model).
+    """
+    from netslim.engine.stats import Stat  # noqa: PLC0415  (stats imports this module)
+
+    whole = sorted(stat.value for stat in needs & {Stat.GRADIENT, Stat.SKIP_LOSS, Stat.BLOCK_COSINE})
+    if world_size() > 1 and whole:
+        raise ConfigError(f"{', '.join(whole)} cannot be split over processes yet; run this recipe in one process")

@@ -1,0 +1,98 @@
+"""Calibration split over two processes (torch.distributed, gloo on CPU) gives the statistics
+and the compressed weights of one process with all the windows."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+from netslim.engine.distributed import check_distributable, shard
+from netslim.engine.stats import Stat
+from netslim.engine.sweep import iter_block_stats
+from netslim.errors import ConfigError
+from netslim.job import Protocol, compress_job
+from netslim.models.adapter import ModelAdapter
+from tiny_models import random_windows, tiny_model
+
+TESTS = Path(__file__).resolve().parents[1]
+RECIPES = {"gptq": {"method": "gptq", "bits": 4, "group_size": 32}, "wanda": {"method": "wanda", "ratio": 0.5}}
+
+# One rank: its hessians of every block (a statistics sweep) and the compressed weights of
+# each recipe, saved by rank 0 only (as a job writes from one rank).
+RANK = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[4])
+
+from netslim.engine.stats import Stat
+from netslim.engine.sweep import iter_block_stats
+from netslim.models.adapter import ModelAdapter
+import netslim
+from tiny_models import random_windows, tiny_model
+rank, world, folder, RECIPES = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], eval(sys.argv[5])
+windows = lambda: random_windows(6)
+dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
+out = {}
+adapter = ModelAdapter.from_model(tiny_model("llama"))
+for index, stats in iter_block_stats(adapter, windows(), frozenset({Stat.HESSIAN})):
+    out.update({f"hessian {name}": s.hessian for name, s in stats.layers.items()})
+for method, recipe in RECIPES.items():
+    model = tiny_model("llama")
+    netslim.compress(model, recipe, windows(), progress=False)
+    out.update({f"{method} {k}": v for k, v in model.state_dict().items()})
+if rank == 0:
+    torch.save(out, f"{folder}/result.pt")
+dist.destroy_process_group()
+"""
+
+
+def windows():
+    return random_windows(6)
+
+
+def _run(world: int, folder: Path) -> dict:
+    folder.mkdir()
+    ranks = [subprocess.Popen([sys.executable, "-c", RANK, str(rank), str(world), str(folder), str(TESTS),
+                               repr(RECIPES)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(world)]
+    for process in ranks:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+    return torch.load(folder / "result.pt", weights_only=True)
+
+
+def test_two_gloo_processes_give_the_statistics_and_weights_of_one(tmp_path):
+    one, two = _run(1, tmp_path / "one"), _run(2, tmp_path / "two")
+    assert one.keys() == two.keys()
+    hessians = [k for k in one if k.startswith("hessian")]
+    assert len(hessians) == 2 * 7  # every projection of both blocks
+    for name in hessians:  # the same sums, in another order
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
+    for name in (k for k in one if k.startswith("wanda")):
+        assert torch.equal(two[name], one[name]), name
+    dequantized = {k for k in one if k.startswith("gptq") and k.endswith(".codes")}
+    assert dequantized
+    for name in dequantized:  # a code may flip where float order breaks a near tie, no more
+        assert (two[name] != one[name]).float().mean() < 0.01, name
+
+
+def test_a_single_process_is_unchanged():
+    ids = windows().ids
+    assert shard(ids) is ids  # no process group: every window, nothing summed
+    adapter = ModelAdapter.from_model(tiny_model("llama"))
+    stats = dict(iter_block_stats(adapter, windows(), frozenset({Stat.ACT_NORM})))
+    assert stats[0].layers["model.layers.0.self_attn.q_proj"].n_tokens == 6 * 32
+
+
+def test_what_cannot_be_split_is_refused(monkeypatch):
+    monkeypatch.setattr("netslim.engine.distributed.world_size", lambda: 2)
+    with pytest.raises(ConfigError, match="skip_loss cannot be split over processes"):
+        check_distributable(frozenset({Stat.SKIP_LOSS, Stat.HESSIAN}))
+    with pytest.raises(ConfigError, match="1 calibration windows cannot be split over 2 processes"):
+        shard(torch.zeros(1, 8, dtype=torch.long))
+    monkeypatch.setattr("netslim.job.world_size", lambda: 2)
+    with pytest.raises(ConfigError, match="the compress job runs in one process"):
+        compress_job("smollm2-135m", [{"method": "rtn", "bits": 4}], None, Protocol(), progress=False)
+
