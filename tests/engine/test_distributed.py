@@ -9,9 +9,9 @@ import pytest
 import torch
 
 
-from netslim.engine.distributed import check_distributable, shard
+from netslim.engine.distributed import shard
 from netslim.engine.stats import Stat
-from netslim.engine.sweep import iter_block_stats
+from netslim.engine.sweep import check_distributable, iter_block_stats
 from netslim.errors import ConfigError
 from netslim.job import Protocol, compress_job
 from netslim.models.adapter import ModelAdapter
@@ -27,7 +27,7 @@ import sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[4])
 
 from netslim.engine.stats import Stat
-from netslim.engine.sweep import iter_block_stats
+from netslim.engine.sweep import check_distributable, iter_block_stats
 from netslim.models.adapter import ModelAdapter
 import netslim
 from tiny_models import random_windows, tiny_model
@@ -88,6 +88,7 @@ def test_a_single_process_is_unchanged():
 
 def test_what_cannot_be_split_is_refused(monkeypatch):
     monkeypatch.setattr("netslim.engine.distributed.world_size", lambda: 2)
+    monkeypatch.setattr("netslim.engine.sweep.world_size", lambda: 2)
     with pytest.raises(ConfigError, match="skip_loss cannot be split over processes"):
         check_distributable(frozenset({Stat.SKIP_LOSS, Stat.HESSIAN}))
     with pytest.raises(ConfigError, match="1 calibration windows cannot be split over 2 processes"):

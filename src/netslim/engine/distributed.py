@@ -46,16 +46,3 @@ def all_sum(tensors: list[torch.Tensor | None]) -> None:
         if tensor is not None:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
-
-def check_distributable(needs) -> None:
-    """Refuse, in one line, statistics that are not sums over the windows' tokens.
-
-    Raises:
-        ConfigError: under a process group of more than one rank, for gradients, skip losses
-            and block cosines (sweeps of the whole model).
-    """
-    from netslim.engine.stats import Stat  # noqa: PLC0415  (stats imports this module)
-
-    whole = sorted(stat.value for stat in needs & {Stat.GRADIENT, Stat.SKIP_LOSS, Stat.BLOCK_COSINE})
-    if world_size() > 1 and whole:
-        raise ConfigError(f"{', '.join(whole)} cannot be split over processes yet; run this recipe in one process")

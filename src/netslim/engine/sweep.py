@@ -17,13 +17,25 @@ import torch.nn.functional as F
 
 from netslim.data.windows import TokenWindows
 from netslim.engine.capture import capture_block_inputs, run_block
-from netslim.engine.distributed import check_distributable, shard
+from netslim.engine.distributed import shard, world_size
 from netslim.engine.records import RunLog
 from netslim.engine.residency import IN_MEMORY, Residency
 from netslim.errors import ConfigError
 from netslim.engine.stats import LAYER_STATS, BlockStats, LayerStats, Stat
 from netslim.engine.step import BlockStep
 from netslim.models.adapter import ModelAdapter
+
+
+def check_distributable(needs: frozenset[Stat]) -> None:
+    """Refuse, in one line, statistics that are not sums over the windows' tokens.
+
+    Raises:
+        ConfigError: under a process group of more than one rank, for gradients, skip losses
+            and block cosines (sweeps of the whole model).
+    """
+    whole = sorted(stat.value for stat in needs & {Stat.GRADIENT, Stat.SKIP_LOSS, Stat.BLOCK_COSINE})
+    if world_size() > 1 and whole:
+        raise ConfigError(f"{', '.join(whole)} cannot be split over processes yet; run this recipe in one process")
 
 
 @torch.no_grad()
