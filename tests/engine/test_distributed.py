@@ -1,6 +1,7 @@
 """Calibration split over two processes (torch.distributed, gloo on CPU) gives the statistics
 and the compressed weights of one process with all the windows."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ RECIPES = {"gptq": {"method": "gptq", "bits": 4, "group_size": 32}, "wanda": {"m
 # One rank: its hessians of every block (a statistics sweep) and the compressed weights of
 # each recipe, saved by rank 0 only (as a job writes from one rank).
 RANK = """
-import sys, torch, torch.distributed as dist
+import json, sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[4])
 
 from netslim.engine.stats import Stat
@@ -31,7 +32,7 @@ from netslim.engine.sweep import check_distributable, iter_block_stats
 from netslim.models.adapter import ModelAdapter
 import netslim
 from tiny_models import random_windows, tiny_model
-rank, world, folder, RECIPES = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], eval(sys.argv[5])
+rank, world, folder, RECIPES = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[5])
 windows = lambda: random_windows(6)
 dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
 out = {}
@@ -55,7 +56,7 @@ def windows():
 def _run(world: int, folder: Path) -> dict:
     folder.mkdir()
     ranks = [subprocess.Popen([sys.executable, "-c", RANK, str(rank), str(world), str(folder), str(TESTS),
-                               repr(RECIPES)],
+                               json.dumps(RECIPES)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(world)]
     for process in ranks:
         _, err = process.communicate(timeout=300)

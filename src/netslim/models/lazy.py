@@ -128,10 +128,10 @@ class LazyModel:
         (buffers the config computes, such as Gemma's embedding scale, stay)."""
         from accelerate.utils import set_module_tensor_to_device  # noqa: PLC0415
 
-        prefix = f"{self.adapter.spec.layers}."
+        prefix, embedding_name = f"{self.adapter.spec.layers}.", self.embedding_name
         embedding = self.model.get_input_embeddings()
         for name in self.files:
-            if name == self.embedding_name:  # whole or rows only: the full shape, on meta
+            if name == embedding_name:  # whole or rows only: the full shape, on meta
                 embedding.weight = nn.Parameter(torch.empty(self._shape(name), dtype=self.dtype, device="meta"),
                                                 requires_grad=False)
                 embedding.padding_idx = self.padding_idx
