@@ -53,11 +53,30 @@ TINY_CONFIGS = {
     ),
 }
 
+# Mixtures of experts: 4 routed experts, 2 per token (dense-only tests leave them out).
+TINY_MOE_CONFIGS = {
+    "mixtral": lambda: T.MixtralConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=128,
+        max_position_embeddings=128,
+    ),
+    "qwen2_moe": lambda: T.Qwen2MoeConfig(  # a shared expert beside the routed ones
+        hidden_size=64, intermediate_size=96, moe_intermediate_size=64, shared_expert_intermediate_size=96,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, num_experts=4,
+        num_experts_per_tok=2, vocab_size=128, max_position_embeddings=128,
+    ),
+    "qwen3_moe": lambda: T.Qwen3MoeConfig(
+        hidden_size=64, intermediate_size=96, moe_intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+        vocab_size=128, max_position_embeddings=128,
+    ),
+}
+
 
 def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
     """A tiny random causal LM of ``family`` in eval mode, with non-trivial weights."""
     torch.manual_seed(seed)
-    model = T.AutoModelForCausalLM.from_config(TINY_CONFIGS[family]())
+    model = T.AutoModelForCausalLM.from_config({**TINY_CONFIGS, **TINY_MOE_CONFIGS}[family]())
     with torch.no_grad():  # random norms and biases, so that folding them is actually tested
         for name, p in model.named_parameters():
             if "norm" in name or "ln_" in name:

@@ -19,7 +19,8 @@ from netslim.models.adapter import ModelAdapter
 from tiny_models import random_windows, tiny_model
 
 TESTS = Path(__file__).resolve().parents[1]
-RECIPES = {"gptq": {"method": "gptq", "bits": 4, "group_size": 32}, "wanda": {"method": "wanda", "ratio": 0.5}}
+RECIPES = {"gptq": {"method": "gptq", "bits": 4, "group_size": 32}, "wanda": {"method": "wanda", "ratio": 0.5},
+           "moe-wanda": {"method": "wanda", "ratio": 0.5}}  # "moe-" runs on the tiny Mixtral: experts' norms summed too
 
 # One rank: its hessians of every block (a statistics sweep) and the compressed weights of
 # each recipe, saved by rank 0 only (as a job writes from one rank).
@@ -40,7 +41,7 @@ adapter = ModelAdapter.from_model(tiny_model("llama"))
 for index, stats in iter_block_stats(adapter, windows(), frozenset({Stat.HESSIAN})):
     out.update({f"hessian {name}": s.hessian for name, s in stats.layers.items()})
 for method, recipe in RECIPES.items():
-    model = tiny_model("llama")
+    model = tiny_model("mixtral" if method.startswith("moe-") else "llama")
     netslim.compress(model, recipe, windows(), progress=False)
     out.update({f"{method} {k}": v for k, v in model.state_dict().items()})
 if rank == 0:
@@ -71,7 +72,8 @@ def test_two_gloo_processes_give_the_statistics_and_weights_of_one(tmp_path):
     assert len(hessians) == 2 * 7  # every projection of both blocks
     for name in hessians:  # the same sums, in another order
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
-    for name in (k for k in one if k.startswith("wanda")):
+    assert any(".mlp.experts.3." in k for k in one if k.startswith("moe-wanda"))
+    for name in (k for k in one if k.startswith(("wanda", "moe-wanda"))):
         assert torch.equal(two[name], one[name]), name
     dequantized = {k for k in one if k.startswith("gptq") and k.endswith(".codes")}
     assert dequantized

@@ -44,7 +44,7 @@ def test_wanda_and_magnitude_choose_differently_where_activations_differ():
 def test_unstructured_sparsity_is_exact(llama_model, token_windows, method, sparsity):
     result = netslim.compress(llama_model, {"method": method, "ratio": sparsity, "compare": "row"}, token_windows, progress=False)
     adapter = ModelAdapter.from_model(llama_model)
-    assert len(result.layers) == adapter.num_blocks * len(adapter.spec.linears)
+    assert len(result.layers) == adapter.num_blocks * len(adapter.spec.linears())
     for record in result.layers:
         w = linear_weight(llama_model.get_submodule(record["name"]))
         per_row = (w == 0).sum(dim=1)

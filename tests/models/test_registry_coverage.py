@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import TINY_CONFIGS, tiny_model
+from tiny_models import TINY_CONFIGS, TINY_MOE_CONFIGS, tiny_model
 from torch import nn
 
 import netslim
@@ -19,6 +19,7 @@ from netslim.models.spec import NormKind, stores_transposed
 from netslim.nn.quantized import QuantizedLinear
 
 MODEL_TYPES = supported_model_types()
+ALL_CONFIGS = {**TINY_CONFIGS, **TINY_MOE_CONFIGS}
 IDS = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(7))
 
 
@@ -28,14 +29,14 @@ def _logits(model: nn.Module) -> torch.Tensor:
 
 
 def _tiny(model_type: str) -> nn.Module:
-    if model_type not in TINY_CONFIGS:
+    if model_type not in ALL_CONFIGS:
         pytest.fail(f"model type '{model_type}' is registered but tests/tiny_models.py has no tiny config for it")
     return tiny_model(model_type)
 
 
 def test_tiny_configs_cover_exactly_the_registered_model_types():
-    assert sorted(TINY_CONFIGS) == MODEL_TYPES
-    for key, build in TINY_CONFIGS.items():
+    assert sorted(ALL_CONFIGS) == MODEL_TYPES
+    for key, build in ALL_CONFIGS.items():
         assert build().model_type == key, key
 
 
@@ -68,8 +69,9 @@ def test_adapter_resolves_every_part_with_consistent_shapes(model_type):
     for i in range(adapter.num_blocks):
         linears = adapter.block_linears(i)
         groups = adapter.block_input_groups(i)
-        assert list(linears) == [n for g in groups for n in g]
-        assert len(groups) == 4 and len(linears) == len(spec.linears)
+        stages = adapter.block_stages(i)
+        assert list(linears) == [n for g in groups for n in g] == [n for s in stages for g in s for n in g]
+        assert len(stages) == 4 and len(linears) == len(spec.linears(adapter.num_experts))
         shapes = {n: tuple(linear_weight(m).shape) for n, m in linears.items()}  # (out, in)
         for group in groups:
             assert len({shapes[n][1] for n in group}) == 1, group  # one input per group
@@ -80,9 +82,14 @@ def test_adapter_resolves_every_part_with_consistent_shapes(model_type):
             assert attn_in == [(3 * heads * head_dim, hidden)]
         else:
             assert attn_in == [(heads * head_dim, hidden), (kv * head_dim, hidden), (kv * head_dim, hidden)]
-        assert [shapes[n] for n in groups[1]] == [(hidden, heads * head_dim)]
-        assert [shapes[n] for n in groups[2]] == [(intermediate, hidden)] * len(spec.mlp_in)
-        assert [shapes[n] for n in groups[3]] == [(hidden, intermediate)]
+        assert stages[1] == [groups[1]] and [shapes[n] for n in groups[1]] == [(hidden, heads * head_dim)]
+        mlp_in, mlp_out = stages[2], stages[3]  # the dense (or shared) MLP, then each routed expert
+        assert len(mlp_in) == len(mlp_out) == bool(spec.mlp_in) + adapter.num_experts
+        expert = getattr(config, spec.experts.intermediate_attr) if spec.experts else None
+        for group, out in zip(mlp_in, mlp_out):
+            width, count = (expert, 2) if ".mlp.experts." in group[0] else (intermediate, len(spec.mlp_in))
+            assert [shapes[n] for n in group] == [(width, hidden)] * count
+            assert [shapes[n] for n in out] == [(hidden, width)]
         for path in (spec.attn_norm, spec.mlp_norm, spec.post_attn_norm, spec.post_mlp_norm):
             if path is not None:
                 assert adapter.block_part(i, path).weight.shape == (hidden,), path

@@ -45,6 +45,10 @@ class LayerRecord:
             attention heads, key-value heads and MLP width after pruning, and what went.
         removed / block_influence / perplexity: Depth: the block was removed, with its score.
         d_in / d_mid / d_out / params: SliceGPT: the block's residual widths and parameters.
+        calibration_tokens: Calibration tokens that reached the layer's input (a routed
+            expert sees only the tokens routed to it).
+        calibration_fallback: Why the layer was compressed without its input statistics (none
+            reached it), if it was.
         extra: Fields of methods registered outside netslim.
     """
 
@@ -83,6 +87,8 @@ class LayerRecord:
     d_mid: int | None = None
     d_out: int | None = None
     params: int | None = None
+    calibration_tokens: int | None = None
+    calibration_fallback: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def update(self, values: dict[str, Any]) -> None:

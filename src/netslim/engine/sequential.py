@@ -33,12 +33,16 @@ from netslim.engine.distributed import shard
 from netslim.engine.checkpoint import Checkpoint, job_fingerprint
 from netslim.engine.records import LayerRecord, RunLog
 from netslim.engine.residency import IN_MEMORY, Residency
-from netslim.engine.stats import Stat
+from netslim.engine.stats import InputStats, Stat
 from netslim.engine.step import BlockStep
 from netslim.engine.sweep import iter_block_stats
 from netslim.errors import ConfigError
 from netslim.methods.base import Handler, MethodConfig, Scope, layer_view
 from netslim.models.adapter import ModelAdapter, linear_weight
+
+
+# The record of a layer no calibration token reached, compressed with white statistics.
+UNREACHED = "no calibration token reached this layer: compressed from its weights alone (white input statistics)"
 
 
 @dataclass
@@ -258,15 +262,30 @@ def _snapshot(adapter: ModelAdapter, index: int) -> dict[str, torch.Tensor]:
 
 def _act_on_layers(step: BlockStep, handler: Handler, cfg: MethodConfig, originals: dict[str, torch.Tensor]) -> None:
     """Call ``handler.act_layer`` on every projection of the block ``cfg`` does not ignore,
-    each group of projections with the input statistics gathered just before it."""
-    groups = [[n for n in group if not cfg.ignores(n)] for group in step.adapter.block_input_groups(step.index)]
-    groups = [g for g in groups if g]
-    subsets = [[g] for g in groups] if cfg.true_sequential else [groups]
+    each group of projections with the input statistics gathered just before it (stage by
+    stage under ``true_sequential``, all at once otherwise).
+
+    A projection that no calibration token reached (a routed expert the router never picked)
+    is compressed with white statistics (:meth:`InputStats.white`: the method's weights-only
+    form) and its record says so (``calibration_fallback``); every record of a method that
+    reads statistics gives the tokens its layer saw (``calibration_tokens``).
+    """
+    stages = [[[n for n in group if not cfg.ignores(n)] for group in stage] for stage in step.adapter.block_stages(step.index)]
+    stages = [[g for g in stage if g] for stage in stages]
+    stages = [stage for stage in stages if stage]
+    subsets = stages if cfg.true_sequential else [[g for stage in stages for g in stage]]
     for subset in subsets:
         stats, _ = step.layer_stats(subset, cfg.needs, output=False)
         for group in subset:
             for name in group:
                 layer = layer_view(step.adapter, step.index, name, originals.get(name))
-                values = handler.act_layer(layer, stats.get(name), cfg)
-                step.record(name, layer.module, cfg.method, values)
+                seen, notes = stats.get(name), {}
+                if seen is not None:
+                    notes["calibration_tokens"] = seen.n_tokens
+                    if seen.n_tokens == 0:
+                        width = getattr(layer.module, "in_features", None) or linear_weight(layer.module).shape[1]
+                        seen = InputStats.white(width, cfg.needs, step.hidden.device).view()
+                        notes["calibration_fallback"] = UNREACHED
+                values = handler.act_layer(layer, seen, cfg)
+                step.record(name, layer.module, cfg.method, {**notes, **(values or {})})
         del stats

@@ -57,6 +57,18 @@ class InputStats:
         self.fp64 = Moments(in_features, mean=True, dtype=torch.float64) if Stat.MOMENTS in needs else None
         self.signal = gram_accumulator(in_features, device) if Stat.GRAM in needs else None
 
+    @classmethod
+    def white(cls, in_features: int, needs: frozenset[Stat], device: torch.device | str = "cpu") -> InputStats:
+        """The statistics of white inputs (``X = I``: every channel alike, none correlated).
+
+        A layer that no calibration token reached (an expert the router never picked) is
+        compressed with these, so each method falls back to its weights-only form: Wanda and
+        SparseGPT to magnitude pruning, GPTQ to round-to-nearest, SVD-LLM to a plain SVD.
+        """
+        stats = cls(in_features, needs, device)
+        stats.add(torch.eye(in_features, device=device))
+        return stats
+
     def add(self, x: torch.Tensor) -> None:
         """Add activations of shape (..., in_features)."""
         for acc in (self.fp32, self.fp64, self.signal):

@@ -110,6 +110,9 @@ class BlockStep:
                 seen.clear()
                 raise StopForward
 
+        # A group may see no input in a forward (an expert no token of the batch is routed to):
+        # each forward starts counting anew, so a stopped forward has seen every group.
+        handles.append(self.block.register_forward_pre_hook(lambda *_: seen.clear()))
         for index, group in enumerate(groups):
             first = self.adapter.model.get_submodule(group[0])
             width = getattr(first, "in_features", None) or linear_weight(first).shape[1]  # compressed modules keep in_features

@@ -165,8 +165,21 @@ def render_markdown(typed: Report) -> str:
         "|---|---|---:|",
         *[f"| {r['name']} | {'x'.join(map(str, r.get('shape', [])))} | {r.get('sparsity', 0):.4f} |" for r in report["layers"]],
         "",
+        *_fallback_lines(report["layers"]),
     ]
     return "\n".join(lines)
+
+
+def _fallback_lines(layers: list[dict[str, Any]]) -> list[str]:
+    """The layers no calibration token reached (routed experts the router never picked), if any."""
+    unreached = [r["name"] for r in layers if r.get("calibration_fallback")]
+    if not unreached:
+        return []
+    return ["## Calibration fallbacks", "",
+            f"{len(unreached)} layers saw no calibration token (routed experts the router never picked) and were "
+            "compressed from their weights alone, as if their inputs were white: magnitude pruning for Wanda and "
+            "SparseGPT, round-to-nearest for GPTQ, a plain SVD for SVD-LLM.", "",
+            *[f"- {name}" for name in unreached], ""]
 
 
 def _execution_line(execution: dict | None) -> list[str]:

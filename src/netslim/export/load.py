@@ -138,6 +138,9 @@ def _load_with_modules(folder: Path, specs: dict, state: dict[str, torch.Tensor]
     except RuntimeError as exc:  # a stored shape that differs from the rebuilt module's
         reason = str(exc).splitlines()[-1].strip()
         raise NetslimError(f"'{folder}' does not match its netslim.json ({reason})") from None
+    for param in model.parameters():  # the rebuilt modules' parameters (factors, shortcuts) are made in float32
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
     if missing or unexpected:

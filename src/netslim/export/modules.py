@@ -8,8 +8,9 @@ registered under a kind name and implements two methods:
     @classmethod
     def from_spec(cls, spec: dict) -> nn.Module   # an empty module of the right shapes
 
-A kind that wraps a module the config can build (a decoder block with extra parameters)
-may instead define ``classmethod wrap(cls, built: nn.Module, spec: dict) -> nn.Module``,
+A kind whose class sets ``rebuilds_children = False`` builds plain children only; the
+compressed modules inside it are listed (and rebuilt, after it) on their own. A kind that
+wraps a module the config can build (a decoder block with extra parameters) may instead define ``classmethod wrap(cls, built: nn.Module, spec: dict) -> nn.Module``,
 which receives the freshly built module in place of ``from_spec``'s empty one.
 
 :func:`module_specs` lists them when saving (stored in ``netslim.json``), and
@@ -49,6 +50,7 @@ KIND_MODULES = {
     "unscaled_rmsnorm": "netslim.models.sliced",
     "embedding": "netslim.models.sliced",
     "sliced_decoder_layer": "netslim.models.sliced",
+    "routed_experts": "netslim.models.experts",
 }
 _KINDS: dict[str, type] = {}
 
@@ -124,7 +126,7 @@ def module_specs(model: nn.Module, reference: nn.Module | None = None) -> dict[s
     ref_modules = dict(reference.named_modules()) if reference is not None else {}
     for name, module in model.named_modules():
         kind = getattr(type(module), "netslim_kind", None)
-        if any(name.startswith(f"{outer}.") for outer, s in specs.items() if s["kind"] != "attrs"):
+        if any(name.startswith(f"{outer}.") for outer, s in specs.items() if _rebuilds_children(s)):
             continue  # inside a registered module, which rebuilds its own children
         if kind is not None:
             specs[name] = module_spec(module)
@@ -135,6 +137,12 @@ def module_specs(model: nn.Module, reference: nn.Module | None = None) -> dict[s
         elif record := _attrs_record(module, ref_modules.get(name)):
             specs[name] = record
     return specs
+
+
+def _rebuilds_children(spec: dict) -> bool:
+    """Whether the module of ``spec`` rebuilds its compressed children itself (a kind whose class
+    sets ``rebuilds_children = False``, such as routed experts, has them listed on their own)."""
+    return spec["kind"] != "attrs" and getattr(module_kind(spec["kind"]), "rebuilds_children", True)
 
 
 def _attrs_record(module: nn.Module, ref: nn.Module | None) -> dict | None:

@@ -66,11 +66,13 @@ from netslim.export.storage import (
     value_dtypes, write_packed,
 )
 from netslim.graph.plan import SlimPlan, write_pruned
+from netslim.models.experts import fuse_state
 from netslim.models.folder import NETSLIM_MARKER
 
 SLIM_FORMAT = "slim_plan"
 
 FORMATS = ("auto", "dense", "packed")
+EXPERTS_KIND = "routed_experts"  # netslim.models.experts.RoutedExperts, fused again in the dense layout
 
 
 class SavedResult(Protocol):
@@ -134,8 +136,8 @@ def save(
             storage = _write_packed_model(model, state, aliases, plan, dtypes, tmp)
         else:
             plain = _plain_state(model, modules)
-            model.save_pretrained(tmp, safe_serialization=True, state_dict=plain)
             storage = {"summary": storage_summary(dense_records(unique_state(plain)[0]), decoder_linears(model))}
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=_fuse_experts(plain, modules))
         finish_folder(tmp, result, "packed" if packed else "dense", modules if packed else {}, storage)
     return Path(path)
 
@@ -201,11 +203,15 @@ def _layout(model, format: str, dtype) -> tuple[dict[str, dict], bool, dict]:  #
     modules = module_specs(model, reference)
     if format == "dense":
         built = dict(reference.named_modules())
+        experts = [f"{name}." for name, spec in modules.items() if spec["kind"] == EXPERTS_KIND]
         for name, spec in modules.items():
+            if spec["kind"] == EXPERTS_KIND or (name.startswith(tuple(experts)) and spec["kind"] == "quantized"):
+                continue  # written back fused; an expert's projections keep their shapes
             if not _is_plain_linear(spec, built.get(name)):
                 raise ConfigError(f"format 'dense' (plain transformers) cannot express the '{spec['kind']}' module "
                                   f"'{name}' of this model; use format auto or packed")
-    return modules, format == "packed" or (format == "auto" and bool(modules)), dtypes
+    needs_netslim = any(spec["kind"] != EXPERTS_KIND for spec in modules.values())
+    return modules, format == "packed" or (format == "auto" and needs_netslim), dtypes
 
 
 def _is_plain_linear(spec: dict, built: torch.nn.Module | None) -> bool:
@@ -216,16 +222,26 @@ def _is_plain_linear(spec: dict, built: torch.nn.Module | None) -> bool:
 
 
 def _plain_state(model, modules: dict[str, dict]) -> dict[str, torch.Tensor]:
-    """The state dict with each quantized layer (all of ``modules``) as the ``nn.Linear``
-    weight and bias it computes with, in the model's dtype."""
+    """The state dict with each quantized layer of ``modules`` as the ``nn.Linear`` weight and
+    bias it computes with, in the model's dtype."""
     state = model.state_dict()
-    for name in modules:
+    for name, spec in modules.items():
+        if spec["kind"] == EXPERTS_KIND:
+            continue
         layer = model.get_submodule(name)
         for key in layer.state_dict():
             del state[f"{name}.{key}"]
         state[f"{name}.weight"] = layer.dequantize(model.dtype)
         if layer.bias is not None:
             state[f"{name}.bias"] = layer.bias.to(model.dtype)
+    return state
+
+
+def _fuse_experts(state: dict[str, torch.Tensor], modules: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """``state`` with the routed experts of ``modules`` fused again as ``transformers`` builds them."""
+    for name, spec in modules.items():
+        if spec["kind"] == EXPERTS_KIND:
+            fuse_state(state, name, spec["num_experts"])
     return state
 
 

@@ -98,8 +98,9 @@ class MethodConfig(BaseModel):
         ignore: ``fnmatch`` patterns of full module names to leave untouched, e.g.
             ``["model.layers.0.*", "*.down_proj"]``.
         true_sequential: Calibrate the groups of a block one after another (q/k/v, then o,
-            then gate/up, then down), so each group sees the inputs produced by the already
-            compressed groups before it. Costs one block forward per group.
+            then gate/up, then down; every routed expert's gate/up, then every down, of a
+            mixture of experts together), so each group sees the inputs produced by the
+            already compressed groups before it. Costs one block forward per stage.
         needs_original: (class attribute) Whether the method needs each layer's weight as it
             was before the earlier stages of the same pass acted on it (e.g. to compensate
             their error). The engine then snapshots a block's weights before its first stage

@@ -97,6 +97,9 @@ class WidthConfig(MethodConfig):
 
     def preflight(self, shape: ModelShape) -> None:
         """Acts on float layers; afterwards the projections' widths are not known in advance."""
+        if shape.adapter.spec.experts is not None:
+            raise ConfigError(f"width: {shape.family} is a mixture of experts, and width does not resize routed "
+                              "experts; prune them with wanda, sparsegpt or magnitude, or remove blocks with depth")
         if self.block_units is not None and len(self.block_units) != shape.num_blocks:
             raise ConfigError(f"width: block_units has {len(self.block_units)} entries; the model has "
                               f"{shape.num_blocks} blocks")

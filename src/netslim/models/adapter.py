@@ -17,6 +17,7 @@ from torch import nn
 
 from netslim.errors import UnsupportedModelError
 from netslim.models import families as _families  # noqa: F401  (registers the families)
+from netslim.models.experts import unfuse_experts
 from netslim.models.registry import family_for_model_type
 from netslim.models.spec import FamilySpec, stores_transposed
 
@@ -43,8 +44,13 @@ class ModelAdapter:
     def from_model(cls, model: nn.Module) -> ModelAdapter:
         """Build the adapter for a ``transformers`` model from its ``config.model_type``.
 
+        A mixture-of-experts model has its fused experts replaced in place by per-expert
+        Linears (:func:`netslim.models.experts.unfuse_experts`: the same function, computed
+        the same way), once; every adapter of the model then sees each expert's projections.
+
         Raises:
-            UnsupportedModelError: if the model has no config or its family is unknown.
+            UnsupportedModelError: if the model has no config, its family is unknown, or its
+                experts are laid out in a way netslim does not handle.
         """
         config = getattr(model, "config", None)
         model_type = getattr(config, "model_type", None)
@@ -53,7 +59,10 @@ class ModelAdapter:
                 f"{type(model).__name__} has no Hugging Face config; LLM methods need a "
                 "transformers causal LM"
             )
-        return cls(model, family_for_model_type(model_type))
+        adapter = cls(model, family_for_model_type(model_type))
+        if adapter.spec.experts is not None:
+            unfuse_experts(adapter.blocks, adapter.spec.experts, config)
+        return adapter
 
     @property
     def config(self):
@@ -74,16 +83,27 @@ class ModelAdapter:
         """Full module name of block ``index``."""
         return f"{self.spec.layers}.{index}"
 
+    @property
+    def num_experts(self) -> int:
+        """Routed experts per block (0 for a dense family)."""
+        experts = self.spec.experts
+        return int(getattr(self.config, experts.count_attr)) if experts else 0
+
     def block_linears(self, index: int) -> dict[str, nn.Module]:
         """Full name -> projection module of block ``index``, in forward order."""
         block = self.blocks[index]
         prefix = self.block_name(index)
-        return {f"{prefix}.{p}": get_submodule(block, p) for p in self.spec.linears}
+        return {f"{prefix}.{p}": get_submodule(block, p) for p in self.spec.linears(self.num_experts)}
+
+    def block_stages(self, index: int) -> list[list[list[str]]]:
+        """Full names of block ``index``'s projections in groups that share one input, the
+        groups in the stages true-sequential calibration follows (:meth:`FamilySpec.stages`)."""
+        prefix = self.block_name(index)
+        return [[[f"{prefix}.{p}" for p in group] for group in stage] for stage in self.spec.stages(self.num_experts)]
 
     def block_input_groups(self, index: int) -> list[list[str]]:
         """Full names of block ``index``'s projections grouped by shared input, in forward order."""
-        prefix = self.block_name(index)
-        return [[f"{prefix}.{p}" for p in group] for group in self.spec.input_groups]
+        return [group for stage in self.block_stages(index) for group in stage]
 
     def block_part(self, index: int, path: str) -> nn.Module:
         """A block-relative submodule (a norm, a projection) of block ``index``."""

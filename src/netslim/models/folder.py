@@ -30,6 +30,8 @@ from netslim.errors import (
     NetslimError,
     UnsupportedModelError,
 )
+from netslim.models.adapter import ModelAdapter
+from netslim.models.registry import families
 
 NETSLIM_MARKER = "netslim.json"
 CONFIG_FILE = "config.json"
@@ -82,7 +84,16 @@ def load_hf_folder(folder: Path, dtype: torch.dtype, source: str) -> LoadedModel
         hf_logging.set_verbosity(verbosity)
     _check_loading_info(folder, model, info)
     model.eval()
+    _unfuse_experts(model)
     return LoadedModel(model, tokenizer, source)
+
+
+def _unfuse_experts(model: nn.Module) -> None:
+    """A mixture of experts comes out with one Linear per expert projection, as netslim computes
+    it everywhere (:mod:`netslim.models.experts`), so that its perplexity before compression is
+    measured by the same code as after."""
+    if any(spec.experts and model.config.model_type in spec.model_types for spec in families()):
+        ModelAdapter.from_model(model)
 
 
 def _check_loading_info(folder: Path, model, info: dict) -> None:

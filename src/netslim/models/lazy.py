@@ -28,6 +28,7 @@ from torch import nn
 
 from netslim.errors import ConfigError, ModelFileError, NetslimError
 from netslim.models.adapter import ModelAdapter
+from netslim.models.registry import family_for_model_type
 from netslim.models.folder import (
     CONFIG_FILE,
     check_causal_lm,
@@ -183,6 +184,9 @@ def open_lazy(folder: Path, dtype: torch.dtype, device: torch.device, source: st
     check_no_custom_code(folder)
     config = read_model_config(folder)
     check_causal_lm(config, f"'{folder / CONFIG_FILE}'")
+    if family_for_model_type(config.model_type).experts is not None:
+        raise ConfigError(f"--offload does not stream mixtures of experts yet ('{config.model_type}'); compress it "
+                          "in memory (--no-offload)")
     weights = check_weights(folder)
     if not weights:
         raise ConfigError(f"--offload reads safetensors files, and '{folder}' has pytorch_model.bin; convert it "

@@ -36,6 +36,7 @@ def check_sliceable(adapter: ModelAdapter) -> None:
         "fused or transposed projections": spec.fused_qkv or spec.transposed_weights,
         "several embeddings": len(spec.embeddings) != 1,
         "a custom embedding": not isinstance(adapter.embeddings[0], nn.Embedding),
+        "routed experts (a mixture of experts)": spec.experts is not None,
     }
     found = [name for name, present in problems.items() if present]
     if found:

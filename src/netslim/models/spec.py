@@ -25,6 +25,32 @@ def stores_transposed(module: object) -> bool:
     return type(module).__name__ in TRANSPOSED_CLASSES
 
 
+@dataclass(frozen=True)
+class ExpertsSpec:
+    """Where a mixture-of-experts family keeps its routed experts (Mixtral, Qwen2-MoE, Qwen3-MoE).
+
+    ``transformers`` stores a block's experts fused, as 3-D parameters; the adapter replaces
+    that module by :class:`netslim.models.experts.RoutedExperts`, one gated MLP per expert
+    with ``gate_proj``, ``up_proj`` and ``down_proj`` Linears, so that each expert's
+    projections are compressed, calibrated on the tokens routed to it, and recorded like any
+    other layer. The router stays as it is (dense).
+
+    Attributes:
+        path: Block-relative path of the experts module (``mlp.experts``).
+        count_attr: Config attribute holding the number of routed experts.
+        intermediate_attr: Config attribute holding one expert's MLP width.
+    """
+
+    path: str
+    count_attr: str
+    intermediate_attr: str
+
+    def expert_paths(self, num_experts: int) -> tuple[tuple[tuple[str, ...], tuple[str]], ...]:
+        """Per expert, the block-relative paths of its input projections (gate, up) and of its output one."""
+        return tuple(((f"{self.path}.{e}.gate_proj", f"{self.path}.{e}.up_proj"), (f"{self.path}.{e}.down_proj",))
+                     for e in range(num_experts))
+
+
 class NormKind(str, enum.Enum):
     """Which normalization a family uses before attention and MLP."""
 
@@ -51,8 +77,11 @@ class FamilySpec:
             (q, k, v in that order; a single fused projection for GPT-2).
         attn_out: Block-relative path of the attention output projection.
         mlp_in: Block-relative paths of the projections reading the MLP input
-            (gate then up for gated MLPs).
-        mlp_out: Block-relative path of the MLP output projection.
+            (gate then up for gated MLPs); for a mixture of experts, those of its shared
+            (always active) expert, or none.
+        mlp_out: Block-relative path of the MLP output projection (of the shared expert of a
+            mixture of experts; ``None`` if it has none).
+        experts: The routed experts of a mixture-of-experts family, or ``None``.
         norm_kind: RMSNorm or LayerNorm.
         norm_weight_offset: Added to a norm's weight at run time (Gemma's ``1 + w``).
         fused_qkv: Whether q, k and v are one projection (GPT-2 ``c_attn``).
@@ -75,7 +104,8 @@ class FamilySpec:
     attn_in: tuple[str, ...]
     attn_out: str
     mlp_in: tuple[str, ...]
-    mlp_out: str
+    mlp_out: str | None
+    experts: ExpertsSpec | None = None
     post_attn_norm: str | None = None
     post_mlp_norm: str | None = None
     norm_kind: NormKind = NormKind.RMSNORM
@@ -90,17 +120,25 @@ class FamilySpec:
     hidden_attr: str = "hidden_size"
     intermediate_attr: str = "intermediate_size"
 
-    @property
-    def input_groups(self) -> tuple[tuple[str, ...], ...]:
-        """Block-relative Linear paths grouped by shared input, in forward order.
+    def stages(self, num_experts: int = 0) -> tuple[tuple[tuple[str, ...], ...], ...]:
+        """Block-relative Linear paths in groups that share one input, the groups in stages.
 
         Layers of one group read the same activations, so their calibration statistics are
-        gathered once; the groups' order is the order in which a block computes them, which is
-        what true-sequential calibration follows.
+        gathered once. A stage's groups read inputs that no other group of the stage changes
+        (q/k/v; o; gate/up; down), so true-sequential calibration gathers a stage's statistics
+        in one forward; stages follow the order in which a block computes them. Each of the
+        ``num_experts`` routed experts adds its own group (its routed tokens) to the MLP's
+        input and output stages.
         """
-        return (self.attn_in, (self.attn_out,), self.mlp_in, (self.mlp_out,))
+        experts = self.experts.expert_paths(num_experts) if self.experts else ()
+        mlp_in = tuple(g for g in (self.mlp_in, *(e[0] for e in experts)) if g)
+        mlp_out = tuple(g for g in ((self.mlp_out,) if self.mlp_out else (), *(e[1] for e in experts)) if g)
+        return tuple(s for s in ((self.attn_in,), ((self.attn_out,),), mlp_in, mlp_out) if s)
 
-    @property
-    def linears(self) -> tuple[str, ...]:
+    def input_groups(self, num_experts: int = 0) -> tuple[tuple[str, ...], ...]:
+        """The groups of :meth:`stages`, in forward order."""
+        return tuple(g for stage in self.stages(num_experts) for g in stage)
+
+    def linears(self, num_experts: int = 0) -> tuple[str, ...]:
         """All block-relative projection paths in forward order."""
-        return tuple(p for group in self.input_groups for p in group)
+        return tuple(p for group in self.input_groups(num_experts) for p in group)

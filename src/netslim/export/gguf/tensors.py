@@ -100,7 +100,7 @@ def plan_tensors(adapter: ModelAdapter, arch: str, heads: list[tuple[int, int]])
             norm = adapter.block_part(i, path)
             sources.append(TensorSource(f"{_gguf_name(name_map, f'{prefix}.{path}')}.weight",
                                         f"{prefix}.{path}.weight", "norm", norm.weight.data))
-        for path in spec.linears:
+        for path in spec.linears():
             sources.extend(_linear_sources(adapter.block_part(i, path), f"{prefix}.{path}",
                                            _gguf_name(name_map, f"{prefix}.{path}"), rope.get(path)))
     norm = adapter.final_norm

@@ -1,3 +1,3 @@
 """One module per model family; importing this package registers them all."""
 
-from netslim.models.families import gpt2, llama, opt  # noqa: F401  (registration side effect)
+from netslim.models.families import gpt2, llama, moe, opt  # noqa: F401  (registration side effect)
