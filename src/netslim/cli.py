@@ -178,6 +178,9 @@ def search(
     calib_target: CalibTarget = None,
     eval_windows: EvalWindows = 80,
     seed: Seed = 0,
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    batch_size: BatchSize = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if netslim wrote it.")] = False,
 ) -> None:
     """Find the best model for a budget: per-layer GPTQ bits and group sizes chosen by a solver on
@@ -186,12 +189,15 @@ def search(
     interrupted search resumes when run again."""
     from netslim.budget.run import search as run_search  # noqa: PLC0415  (keeps --help fast)
     from netslim.budget.space import BITS, GROUPS, Space  # noqa: PLC0415
+    from netslim.engine.execution import Execution  # noqa: PLC0415
     from netslim.job import Protocol  # noqa: PLC0415
 
     space = _run(Space, tuple(bits or BITS), tuple(groups or GROUPS), keep)
     protocol = _run(Protocol, seqlen, calib, calib_windows, eval_file, eval_windows or None, seed, calib_target,
                     calib_select)
-    result = _run(run_search, model, budget, out, protocol, space, max_minutes, runtime, overwrite, resumable=True)
+    execution = _run(Execution, device, dtype, batch_size)
+    result = _run(run_search, model, budget, out, protocol, space, max_minutes, runtime, overwrite,
+                  execution=execution, resumable=True)
     final, chosen = result.pareto["final"], result.chosen
     console.print(f"chosen: {chosen['label']}: {final['bytes_on_disk'] / 1e6:.2f} MB, perplexity {final['ppl']:.3f} "
                   f"(dense {final['dense_ppl']:.3f}, x{final['ppl_ratio']:.4f}) on {protocol.eval}")

@@ -25,7 +25,7 @@ import torch
 from netslim.api import CompressionResult, calibration, check_finite, compress, evaluate, peak_rss_bytes
 from netslim.data import resolve_text
 from netslim.data.select import calibration_selection, check_disjoint
-from netslim.engine.distributed import world_size
+from netslim.engine.distributed import is_writer, join_from_env, world_size
 from netslim.engine.execution import Execution, available_memory_bytes
 from netslim.engine.sequential import check_llm_stages
 from netslim.errors import ConfigError, NetslimError
@@ -108,11 +108,12 @@ def compress_job(
     Raises:
         NetslimError: one line saying what to change, before any expensive work.
     """
-    if world_size() > 1:  # every rank would write the same folder and checkpoints
-        raise ConfigError("the compress job runs in one process; under torchrun call netslim.compress from "
-                          "Python (the windows are split over the ranks) and save from rank 0")
     stages = parse_recipe(recipe)
     graph = is_task_model(source)
+    join_from_env(cuda=execution.torch_device().type == "cuda")  # under torchrun: its process group
+    if world_size() > 1:
+        _check_distributable_job(stages, graph, execution)
+        progress = progress and is_writer()
     check_stage_kinds(source, stages, graph)
     if storage_format not in FORMATS:
         raise ConfigError(f"storage format '{storage_format}': use one of {', '.join(FORMATS)}")
@@ -137,11 +138,26 @@ def compress_job(
         return offload_job(source, stages, protocol, execution, out, overwrite, progress)
     else:
         result = _language_run(source, stages, protocol, progress, storage_format, out, execution)
-    if out is not None:
+    if out is not None and is_writer():  # under several processes, rank 0 writes the one folder
         save(result, out, overwrite=overwrite, format=storage_format)
         if not graph:
             shutil.rmtree(_checkpoint_dir(out), ignore_errors=True)
     return result
+
+
+def _check_distributable_job(stages: list[MethodConfig], graph: bool, execution: Execution) -> None:
+    """Refuse, under several processes, what a job cannot split over them.
+
+    Raises:
+        ConfigError: one line naming what to leave out.
+    """
+    if graph:
+        raise ConfigError("channel pruning of vision and encoder models runs in one process; run it without torchrun")
+    if execution.offload:
+        raise ConfigError("--offload streams one block at a time in one process; leave it out under torchrun")
+    if any(cfg.scope is Scope.MODEL for cfg in stages):
+        raise ConfigError("recover fine-tunes in one process; compress under torchrun, then recover the output "
+                          "without it")
 
 
 def _text_inputs(stages: list[MethodConfig], protocol: Protocol, source: str) -> list[str]:
@@ -170,8 +186,8 @@ def _offloads(source: str, stages: list[MethodConfig], protocol: Protocol, execu
               storage_format: str) -> bool:
     """Whether the job streams blocks from the checkpoint: as asked, or (``offload=None``) when
     a local checkpoint would not fit in the memory available and the recipe can be streamed."""
-    if execution.offload is not None:
-        return execution.offload
+    if execution.offload is not None or world_size() > 1:
+        return bool(execution.offload)
     folder = Path(source).expanduser()
     if not (folder / "config.json").is_file() or (folder / NETSLIM_MARKER).is_file():
         return False
@@ -212,7 +228,8 @@ def _language_run(source: str, stages: list[MethodConfig], protocol: Protocol, p
         windows = calibration(lm, source=protocol.calib, windows=protocol.calib_windows, seqlen=protocol.seqlen, seed=protocol.seed,
                               target=protocol.calib_target, select=protocol.calib_select, recipe=stages,
                               progress=progress)
-    checkpoints = _checkpoint_dir(out) if out is not None else None
+    # several processes keep no checkpoints: every rank would write the same folder
+    checkpoints = _checkpoint_dir(out) if out is not None and world_size() == 1 else None
     result = compress(lm, stages, windows, progress=progress, checkpoint_dir=checkpoints, held_out=protocol.eval,
                       batch_size=execution.batch_size)
     check_finite(lm.model, "the compressed model")

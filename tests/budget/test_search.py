@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 import netslim.budget.run as run
 from netslim.budget.space import Space
 from netslim.cli import app
+from netslim.engine.execution import Execution
 from netslim.job import Protocol
 from tiny_models import eval_text_beside
 
@@ -65,12 +66,28 @@ def test_ppl_budget_and_resume(setup, monkeypatch):
     assert again.chosen == first.chosen
 
 
+def test_a_bfloat16_search_runs_every_step_in_bfloat16(setup):
+    folder, protocol, tmp_path = setup
+    out = tmp_path / "bf16"
+    result = CliRunner().invoke(app, ["search", folder, "--budget", "size=100KB", "--out", str(out), "--bits", "4",
+                                      "--bits", "8", "--groups", "16", "--calib", protocol.calib, "--calib-windows", "4",
+                                      "--seqlen", "32", "--eval", protocol.eval, "--eval-windows", "3",
+                                      "--dtype", "bfloat16", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["execution"]["dtype"] == "bfloat16" and pareto["execution"]["batch_size"] == 2
+    report = json.loads((out / "model" / "report.json").read_text())  # the final compression too
+    assert report["protocol"]["execution"]["dtype"] == "bfloat16"
+    assert pareto["final"]["bytes_on_disk"] == pareto["final"]["bytes_predicted"] <= 100_000
+
+
 @pytest.mark.parametrize("budget, kwargs, message", [
     ("speedup=1.5x", {}, "speed budgets are not searched yet"),
     ("size=90KB", {"runtime": "llama.cpp"}, "runtime 'llama.cpp'"),
     ("size=1KB", {}, "the smallest model this space allows"),
     ("size=10GB", {}, "the model already fits"),
     ("size=90KB", {"max_minutes": 0}, "max_minutes=0"),
+    ("size=90KB", {"execution": Execution(offload=True)}, "leave out --offload"),
 ])
 def test_bad_searches_fail_before_work(setup, monkeypatch, budget, kwargs, message):
     folder, protocol, tmp_path = setup

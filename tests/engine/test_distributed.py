@@ -2,6 +2,8 @@
 and the compressed weights of one process with all the windows."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,14 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-
+import netslim
 from netslim.engine.distributed import shard
 from netslim.engine.stats import Stat
 from netslim.engine.sweep import check_distributable, iter_block_stats
 from netslim.errors import ConfigError
+from netslim.engine.execution import Execution
 from netslim.job import Protocol, compress_job
 from netslim.models.adapter import ModelAdapter
-from tiny_models import random_windows, tiny_model
+from safetensors.torch import load_file
+from tiny_models import eval_text_beside, random_windows, tiny_model
 
 TESTS = Path(__file__).resolve().parents[1]
 RECIPES = {"gptq": {"method": "gptq", "bits": 4, "group_size": 32}, "wanda": {"method": "wanda", "ratio": 0.5},
@@ -96,7 +100,58 @@ def test_what_cannot_be_split_is_refused(monkeypatch):
         check_distributable(frozenset({Stat.SKIP_LOSS, Stat.HESSIAN}))
     with pytest.raises(ConfigError, match="1 calibration windows cannot be split over 2 processes"):
         shard(torch.zeros(1, 8, dtype=torch.long))
+    monkeypatch.setattr("netslim.engine.sequential.world_size", lambda: 2)
+    with pytest.raises(ConfigError, match="checkpoint_dir under several processes"):
+        netslim.compress(tiny_model("llama"), {"method": "rtn", "bits": 4}, checkpoint_dir="unused", progress=False)
     monkeypatch.setattr("netslim.job.world_size", lambda: 2)
-    with pytest.raises(ConfigError, match="the compress job runs in one process"):
-        compress_job("smollm2-135m", [{"method": "rtn", "bits": 4}], None, Protocol(), progress=False)
+    for source, recipe, execution, message in (
+        ("smollm2-135m", [{"method": "wanda"}, {"method": "recover"}], Execution(), "recover fine-tunes in one process"),
+        ("smollm2-135m", [{"method": "wanda"}], Execution(offload=True), "--offload streams one block at a time"),
+        ("efficientnet-lite0", [{"method": "channels", "ratio": 0.3}], Execution(), "channel pruning"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            compress_job(source, recipe, None, Protocol(), progress=False, execution=execution)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli_job(folder: Path, text: Path, out: Path, world: int) -> None:
+    """``netslim compress`` as ``torchrun --nproc-per-node world`` starts it (the environment it sets)."""
+    args = ["compress", folder, "--out", out, "--method", "wanda", "--calib", text, "--calib-windows", 6,
+            "--seqlen", 32, "--eval", eval_text_beside(text), "--eval-windows", 5]
+    port = _free_port()
+    ranks = []
+    for rank in range(world):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if world > 1:
+            env.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port))
+        ranks.append(subprocess.Popen([sys.executable, "-m", "netslim", *map(str, args)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    for process in ranks:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+
+
+def test_the_cli_job_under_torchrun_splits_the_windows_and_writes_one_folder(tiny_folder, tmp_path):
+    folder, text = tiny_folder
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _cli_job(folder, text, runs / "one", 1)
+    _cli_job(folder, text, runs / "two", 2)
+    assert sorted(p.name for p in runs.iterdir()) == ["one", "two"]  # rank 1 wrote nothing, left nothing
+    one, two = (json.loads((runs / name / "report.json").read_text()) for name in ("one", "two"))
+    for side in ("baseline", "compressed"):  # 5 evaluation windows, split 3 + 2: the same sums in another order
+        assert two[side]["ppl"] == pytest.approx(one[side]["ppl"], rel=1e-6), side
+    assert two["protocol"]["windows"] == one["protocol"]["windows"] == 5
+    assert two["protocol"]["predicted_tokens"] == one["protocol"]["predicted_tokens"]
+    assert [r["calibration_tokens"] for r in two["layers"]] == [r["calibration_tokens"] for r in one["layers"]]
+    weights = [load_file(runs / name / "model.safetensors") for name in ("one", "two")]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:  # Wanda's norms summed over the ranks: the same masks
+        assert torch.equal(weights[0][name], weights[1][name]), name
 

@@ -1,5 +1,6 @@
 """One statistics accumulator: the engine's input statistics, FLAP's moments, SliceGPT's Gram."""
 
+import pytest
 import torch
 
 from netslim.engine.stats import InputStats, Stat
@@ -57,3 +58,18 @@ def test_gram_chunks_count_over_the_stream_so_any_split_gives_the_same_sum():
     assert torch.equal(acc.xtx, gram(x, chunk=7))
     acc.add(x[0])  # reading xtx early changes nothing: the chunks still count over the stream
     assert torch.equal(acc.xtx, gram(torch.cat([x, x[:1]]), chunk=7))
+
+
+@pytest.mark.parametrize("width", [7, 256, 257, 600, 1536])
+def test_gram_from_the_upper_blocks_is_the_full_product_and_exactly_symmetric(width):
+    g = torch.Generator().manual_seed(width)
+    parts = [torch.randn(n, width, generator=g) for n in (33, 512, 5)]
+    acc = Moments(width, gram=True)
+    acc.add(parts[0])
+    early = acc.xtx.clone()  # reading between adds changes nothing
+    for x in parts[1:]:
+        acc.add(x)
+    x = torch.cat(parts)
+    torch.testing.assert_close(early, parts[0].t() @ parts[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(acc.xtx, x.t() @ x, rtol=1e-5, atol=1e-3)
+    assert torch.equal(acc.xtx, acc.xtx.t())

@@ -162,16 +162,17 @@ class Assembler:
 
 
 def measure_proxies(assembler: Assembler, calibration: TokenWindows, probe: torch.Tensor,
-                    progress: bool = True) -> Proxies:
+                    progress: bool = True, batch_size: int = 1) -> Proxies:
     """The sweep, the per-layer errors and the per-block sensitivities (module docstring).
 
-    ``probe``: the held-out windows the per-block rise in loss is measured on.
+    ``probe``: the held-out windows the per-block rise in loss is measured on; ``batch_size``:
+    calibration windows per block forward of the sweep.
     """
     adapter, space = assembler.adapter, assembler.space
     references, probe_label = reference_labels(space)
     errors: dict[str, dict[str, float]] = {}
     blocks: dict[str, int] = {}
-    sweep = iter_block_stats(adapter, calibration, frozenset({Stat.HESSIAN}))
+    sweep = iter_block_stats(adapter, calibration, frozenset({Stat.HESSIAN}), batch_size=batch_size)
     for index, stats in tqdm(sweep, desc="search: layer errors", unit="block", total=adapter.num_blocks,
                              disable=not progress):
         for group in adapter.block_input_groups(index):

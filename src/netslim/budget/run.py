@@ -30,7 +30,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from netslim.data import resolve_text
 from netslim.data.select import check_disjoint
 from netslim.data.windows import evaluation_windows, tokenize
 from netslim.engine.checkpoint import job_fingerprint
+from netslim.engine.execution import Execution
 from netslim.errors import ConfigError, NetslimError
 from netslim.export.atomic import atomic_folder, check_output, check_writable
 from netslim.job import Protocol, compress_job
@@ -88,6 +89,7 @@ def search(
     runtime: str = "torch",
     overwrite: bool = False,
     progress: bool = True,
+    execution: Execution = Execution(),
 ) -> SearchResult:
     """Find the best model for ``budget`` (``size=60MB`` or ``ppl=1.25x``) and write it to ``out``.
 
@@ -95,7 +97,9 @@ def search(
     of the folder: embeddings, norms, head and projections) fit the size; predicted bytes are
     bytes on disk. ``ppl``: the smallest stored size whose perplexity on held-out windows of
     the calibration text is at most the ratio times the dense model's. ``max_minutes`` stops
-    the refinement (not the final compression) once spent.
+    the refinement (not the final compression) once spent. ``execution``: the device, dtype and
+    batch the statistics, every measurement and the final compression run with (the search
+    holds the whole model: no offload).
 
     Raises:
         NetslimError: one line saying what to change, before any expensive work.
@@ -111,6 +115,9 @@ def search(
         raise ConfigError("--calib-select paser drafts a fixed recipe; a search has none: use random or dsir")
     if max_minutes is not None and max_minutes <= 0:
         raise ConfigError(f"max_minutes={max_minutes}: give a positive number of minutes")
+    if execution.offload:
+        raise ConfigError("a search measures its candidates on the whole model; leave out --offload")
+    execution.torch_device()  # a device this machine lacks fails here, before any work
     inputs = [model, protocol.calib, protocol.eval, protocol.calib_target]
     if out is not None:
         check_output(out, overwrite, inputs=[i for i in inputs if i])
@@ -119,7 +126,8 @@ def search(
     calib_text = resolve_text(protocol.calib, default_split="valid")
     check_disjoint([calib_text.text], held_out, "calibration")
 
-    lm = load_model(model)
+    lm = load_model(model, execution.torch_dtype)
+    execution.place(lm.model)
     if lm.tokenizer is None:
         raise ConfigError(f"model '{model}' has no tokenizer; add the tokenizer files to the folder")
     adapter = ModelAdapter.from_model(lm.model)
@@ -137,10 +145,10 @@ def search(
                               bos_id(lm.model, lm.tokenizer), calib_text.name).ids
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(protocol.seed + 1))
     verify = pool[order[:VERIFY_WINDOWS]]
-    work = _work_dir(adapter, space, protocol, windows.ids)
+    work = _work_dir(adapter, space, protocol, windows.ids, execution)
     state = _State.load(work)
     assembler = Assembler(adapter, space)
-    proxies = state.proxies(assembler, windows, verify[:PROBE_WINDOWS], progress)
+    proxies = state.proxies(assembler, windows, verify[:PROBE_WINDOWS], progress, execution.batch_size)
     dense_nll = state.dense(lambda: model_nll(lm.model, verify, progress))
 
     def measure(choice: dict[str, str], kind: str, label: str) -> dict:
@@ -169,7 +177,8 @@ def search(
     model_dir = work / "models" / _key(chosen["_choice"])
     final_start = time.monotonic()
     if not (model_dir / "report.json").is_file():
-        compress_job(model, recipe, model_dir, protocol, overwrite=False, progress=progress)
+        compress_job(model, recipe, model_dir, protocol, overwrite=False, progress=progress,
+                     execution=replace(execution, offload=False))
         state.data.setdefault("seconds", {})[f"model {model_dir.name}"] = time.monotonic() - final_start
         state.save()
     report = json.loads((model_dir / "report.json").read_text(encoding="utf-8"))
@@ -182,6 +191,7 @@ def search(
         "budget": {"kind": target.kind, "value": target.value, "text": target.text},
         "model": model,
         "runtime": runtime,
+        "execution": execution.describe(),
         "space": space.as_dict(),
         "protocol": {**asdict(protocol), "verify_windows": VERIFY_WINDOWS, "probe_windows": PROBE_WINDOWS,
                      "verify_source": f"{calib_text.name}: {VERIFY_WINDOWS} seeded non-overlapping windows "
@@ -389,9 +399,12 @@ def _note(progress: bool, message: str) -> None:
         tqdm.write(message)
 
 
-def _work_dir(adapter: ModelAdapter, space: Space, protocol: Protocol, ids: torch.Tensor) -> Path:
+def _work_dir(adapter: ModelAdapter, space: Space, protocol: Protocol, ids: torch.Tensor,
+              execution: Execution) -> Path:
     settings = [{"space": space.as_dict(), "seqlen": protocol.seqlen, "seed": protocol.seed,
                  "verify": VERIFY_WINDOWS, "probe": PROBE_WINDOWS, "calib": protocol.calib, "proxies": VERSION}]
+    if execution.dtype != "float32":  # float32 searches keep the keys of earlier versions
+        settings[0]["dtype"] = execution.dtype
     folder = cache_dir() / "search" / job_fingerprint(adapter, settings, ids)[:20]
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -418,7 +431,8 @@ class _State:
         tmp.write_text(json.dumps(self.data), encoding="utf-8")
         tmp.replace(self.folder / "state.json")
 
-    def proxies(self, assembler: Assembler, windows, probe: torch.Tensor, progress: bool) -> Proxies:
+    def proxies(self, assembler: Assembler, windows, probe: torch.Tensor, progress: bool,
+                batch_size: int = 1) -> Proxies:
         file = self.folder / "hessians.pt"
         if "proxies" in self.data and file.is_file():
             shared = torch.load(file, weights_only=True)
@@ -433,7 +447,7 @@ class _State:
                 self.save()
             return proxies
         start = time.monotonic()
-        proxies = measure_proxies(assembler, windows, probe, progress)
+        proxies = measure_proxies(assembler, windows, probe, progress, batch_size)
         self.data.setdefault("seconds", {})["proxies"] = time.monotonic() - start
         unique: dict[int, str] = {}
         for name, tensor in assembler.hessians.items():

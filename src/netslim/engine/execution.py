@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -29,7 +30,8 @@ class Execution:
 
     Attributes:
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (the first CUDA device if there is
-            one, else the CPU).
+            one, else the CPU). Under ``torchrun``, ``cuda`` and ``auto`` mean each rank's own
+            device (``cuda:LOCAL_RANK``).
         dtype: ``float32``, ``bfloat16`` or ``float16``: the weights as loaded, and the
             precision of every forward. Quantized and pruned layers are written in it too.
         batch_size: Windows per forward, in calibration and in evaluation. Results do not
@@ -63,8 +65,11 @@ class Execution:
             ConfigError: for a CUDA device this machine does not have.
         """
         if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            device = torch.device(self.device)
+        if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # torchrun: one GPU per rank
         if device.type == "cuda":
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if count == 0:

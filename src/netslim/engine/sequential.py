@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from netslim.data.windows import TokenWindows
 from netslim.engine.capture import capture_block_inputs
-from netslim.engine.distributed import shard
+from netslim.engine.distributed import shard, world_size
 from netslim.engine.checkpoint import Checkpoint, job_fingerprint
 from netslim.engine.records import LayerRecord, RunLog
 from netslim.engine.residency import IN_MEMORY, Residency
@@ -85,8 +85,9 @@ def run_stages(
             checkpoints (the blocks it writes out are the run's output).
 
     Raises:
-        ConfigError: if a stage needs calibration data and none was given, or a compensation
-            stage (eora) has no earlier stage in its pass to compensate.
+        ConfigError: if a stage needs calibration data and none was given, a compensation
+            stage (eora) has no earlier stage in its pass to compensate, or a checkpoint
+            folder is given under several processes (every rank would write it).
     """
     check_llm_stages(stages)
     for cfg in stages:
@@ -97,6 +98,9 @@ def run_stages(
     _check_compensation(passes)
     if residency.streams:
         _check_streamable(passes, checkpoint_dir)
+    if checkpoint_dir is not None and world_size() > 1:
+        raise ConfigError("checkpoint_dir under several processes would have every rank write the same folder; "
+                          "leave it out of a distributed run")
     log = RunLog()
     checkpoint = _checkpoint(adapter, stages, calibration, checkpoint_dir)
     model = adapter.model

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from netslim.data.windows import TokenWindows
+from netslim.engine.distributed import all_sum, shard, world_size
 
 LOGITS_PER_CHUNK = 2**24  # float32 logits held at once by perplexity_from_hidden (64 MiB)
 
@@ -46,14 +47,16 @@ class Perplexity:
 @torch.no_grad()
 def perplexity(model: nn.Module, windows: TokenWindows, progress: bool = True, batch_size: int = 1) -> Perplexity:
     """Perplexity of a causal LM on ``windows``, ``batch_size`` windows per forward pass (the
-    log-softmax in float32 whatever the model's dtype)."""
+    log-softmax in float32 whatever the model's dtype). Under several processes each computes
+    its share of the windows and the sums are added (:mod:`netslim.engine.distributed`)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total_nll, total_tokens = 0.0, 0
-    bar = tqdm(total=len(windows.ids), desc="perplexity", unit="window", disable=not progress)
+    mine = shard(windows.ids, "evaluation")
+    bar = tqdm(total=len(mine), desc="perplexity", unit="window", disable=not progress)
     try:
-        for batch in windows.ids.split(batch_size):
+        for batch in mine.split(batch_size):
             ids = batch.to(device)
             logits = model(ids, use_cache=False).logits[:, :-1].float()
             nll = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum")
@@ -63,6 +66,10 @@ def perplexity(model: nn.Module, windows: TokenWindows, progress: bool = True, b
     finally:
         bar.close()
         model.train(was_training)
+    if world_size() > 1:
+        sums = torch.tensor([total_nll, total_tokens], dtype=torch.float64, device=device)
+        all_sum([sums])
+        total_nll, total_tokens = float(sums[0]), int(sums[1])
     return _result(total_nll, total_tokens, windows)
 
 

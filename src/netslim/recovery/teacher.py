@@ -66,7 +66,8 @@ def cache_teacher(model: nn.Module, ids: torch.Tensor, k: int, temperature: floa
 @torch.no_grad()
 def window_losses(model: nn.Module, ids: torch.Tensor, progress: bool = True, desc: str = "loss",
                   autocast: bool = False) -> torch.Tensor:
-    """(windows,) mean next-token cross-entropy of ``model`` on each window."""
+    """(windows,) mean next-token cross-entropy of ``model`` on each window (on the model's device)."""
+    ids = ids.to(next(model.parameters()).device)
     losses = [token_loss(logits(model, ids[i:i + 1], autocast), ids[i:i + 1])
               for i in tqdm(range(ids.shape[0]), desc=desc, unit="window", disable=not progress)]
     return torch.stack(losses).float()
