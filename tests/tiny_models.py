@@ -142,3 +142,38 @@ def random_windows(count: int = 8, seqlen: int = 32, seed: int = 0):
 
     ids = torch.randint(3, 128, (count, seqlen), generator=torch.Generator().manual_seed(seed))
     return TokenWindows(ids, "random tokens", seqlen, 0, False)
+
+
+_LOGITS_IN_A_NEW_PROCESS = """
+import sys
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+import netslim
+from netslim.export.load import read_marker
+ids, plain = load_file(sys.argv[1])["ids"], sys.argv[3] == "plain"
+out = {}
+for folder in sys.argv[4:]:
+    with torch.no_grad():
+        out[folder] = netslim.load(folder).model(ids).logits.contiguous()
+        if plain and read_marker(folder)["format"] == "dense":
+            out[folder + ":plain"] = transformers.AutoModelForCausalLM.from_pretrained(folder)(ids).logits.contiguous()
+save_file(out, sys.argv[2])
+"""
+
+
+def logits_in_a_new_process(folders: list, ids: torch.Tensor, work: Path, plain: bool = False) -> dict:
+    """Folder -> the logits on ``ids`` of ``netslim.load(folder)`` in a fresh interpreter, as a
+    user would reload it; with ``plain``, also ``folder:plain`` -> plain transformers' logits of
+    each dense folder."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from safetensors.torch import load_file, save_file  # noqa: PLC0415
+
+    save_file({"ids": ids}, work / "ids.safetensors")
+    run = subprocess.run([sys.executable, "-c", _LOGITS_IN_A_NEW_PROCESS, str(work / "ids.safetensors"),
+                          str(work / "logits.safetensors"), "plain" if plain else "netslim", *map(str, folders)],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return load_file(work / "logits.safetensors")

@@ -9,14 +9,13 @@ import sys
 import pytest
 import torch
 import transformers as T
-from safetensors.torch import load_file, save_file
 
 import netslim
 from netslim.errors import ConfigError, NetslimError
 from netslim.export.save import round_for_storage
 from netslim.export.load import read_marker
 from netslim.export.modules import KIND_MODULES, register_module_kind
-from tiny_models import tiny_model
+from tiny_models import logits_in_a_new_process, tiny_model
 
 IDS = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(7))
 CALIB = torch.randint(3, 128, (4, 32), generator=torch.Generator().manual_seed(0))
@@ -74,27 +73,8 @@ def test_the_cases_cover_every_module_kind(artifacts):
     assert {"linear"} <= saved  # FLAP's biases on a bias-free config
 
 
-LOADER = """
-import sys
-import torch
-from safetensors.torch import load_file, save_file
-import netslim
-ids = load_file(sys.argv[1])["ids"]
-out = {}
-for folder in sys.argv[3:]:
-    with torch.no_grad():
-        out[folder] = netslim.load(folder).model(ids).logits.contiguous()
-save_file(out, sys.argv[2])
-"""
-
-
 def test_every_kind_and_format_loads_in_a_new_process(artifacts, tmp_path):
-    save_file({"ids": IDS}, tmp_path / "ids.safetensors")
-    folders = [str(folder) for folder, _ in artifacts.values()]
-    run = subprocess.run([sys.executable, "-c", LOADER, str(tmp_path / "ids.safetensors"),
-                          str(tmp_path / "logits.safetensors"), *folders], capture_output=True, text=True, check=False)
-    assert run.returncode == 0, run.stderr[-2000:]
-    got = load_file(tmp_path / "logits.safetensors")
+    got = logits_in_a_new_process([folder for folder, _ in artifacts.values()], IDS, tmp_path)
     for name, (folder, expected) in artifacts.items():
         assert torch.equal(got[str(folder)], expected), name
 

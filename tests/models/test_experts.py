@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from typer.testing import CliRunner
 
@@ -22,7 +19,7 @@ from netslim.export.save import round_for_storage
 from netslim.models.adapter import ModelAdapter, linear_weight
 from netslim.models.experts import RoutedExperts
 from netslim.models.lazy import open_lazy
-from tiny_models import TINY_MOE_CONFIGS, char_tokenizer, eval_text_beside, tiny_model
+from tiny_models import TINY_MOE_CONFIGS, char_tokenizer, eval_text_beside, logits_in_a_new_process, tiny_model
 
 FAMILIES = sorted(TINY_MOE_CONFIGS)
 CALIB = torch.randint(3, 128, (8, 32), generator=torch.Generator().manual_seed(0))
@@ -160,24 +157,6 @@ def _original(name: str) -> torch.Tensor:
     return model.get_submodule(name).weight.detach()
 
 
-LOADER = """
-import sys
-from safetensors.torch import load_file, save_file
-import torch
-import transformers
-import netslim
-ids = load_file(sys.argv[1])["ids"]
-out = {}
-for folder in sys.argv[3:]:
-    with torch.no_grad():
-        out[folder] = netslim.load(folder).model(ids).logits.contiguous()
-        if folder.endswith("dense"):
-            plain = transformers.AutoModelForCausalLM.from_pretrained(folder)
-            out[folder + ":plain"] = plain(ids).logits.contiguous()
-save_file(out, sys.argv[2])
-"""
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_compressed_experts_reload_in_a_new_process(family, tmp_path):
     folders, expected = [], {}
@@ -190,11 +169,7 @@ def test_compressed_experts_reload_in_a_new_process(family, tmp_path):
         folders.append(str(folder))
         expected[str(folder)] = _logits(model)
     assert (tmp_path / "wanda-dense" / "model.safetensors").exists()
-    save_file({"ids": IDS}, tmp_path / "ids.safetensors")
-    run = subprocess.run([sys.executable, "-c", LOADER, str(tmp_path / "ids.safetensors"),
-                          str(tmp_path / "logits.safetensors"), *folders], capture_output=True, text=True, check=False)
-    assert run.returncode == 0, run.stderr[-2000:]
-    got = load_file(tmp_path / "logits.safetensors")
+    got = logits_in_a_new_process(folders, IDS, tmp_path, plain=True)
     for folder in folders:
         assert torch.equal(got[folder], expected[folder]), folder  # netslim.load: the same modules, bit for bit
     dense = str(tmp_path / "wanda-dense")  # plain transformers, experts fused again: same logits up to rounding
