@@ -10,8 +10,9 @@ registered under a kind name and implements two methods:
 
 A kind whose class sets ``rebuilds_children = False`` builds plain children only; the
 compressed modules inside it are listed (and rebuilt, after it) on their own. A kind that
-wraps a module the config can build (a decoder block with extra parameters) may instead define ``classmethod wrap(cls, built: nn.Module, spec: dict) -> nn.Module``,
-which receives the freshly built module in place of ``from_spec``'s empty one.
+wraps a module the config can build (a decoder block with extra parameters) may instead
+define ``classmethod wrap(cls, built: nn.Module, spec: dict) -> nn.Module``, which receives
+the freshly built module in place of ``from_spec``'s empty one.
 
 :func:`module_specs` lists them when saving (stored in ``netslim.json``), and
 :func:`rebuild_modules` replaces the freshly built model's modules before the saved state

@@ -45,8 +45,8 @@ class ModelAdapter:
         """Build the adapter for a ``transformers`` model from its ``config.model_type``.
 
         A mixture-of-experts model has its fused experts replaced in place by per-expert
-        Linears (:func:`netslim.models.experts.unfuse_experts`: the same function, computed
-        the same way), once; every adapter of the model then sees each expert's projections.
+        Linears (:func:`netslim.models.experts.unfuse_experts`: the same function, to float
+        rounding), once; every adapter of the model then sees each expert's projections.
 
         Raises:
             UnsupportedModelError: if the model has no config, its family is unknown, or its

@@ -5,15 +5,15 @@ and ``down_proj`` (experts, hidden, inter), computed by one module that loops ov
 the router picked. Compression needs each expert's projections as layers of their own: their
 input statistics gathered over the tokens routed to that expert only, their weights pruned or
 quantized, recorded and stored like any other layer. :class:`RoutedExperts` holds them so and
-computes what the fused module computes: the same call (hidden states, the router's top-k
+computes what the fused module computes (to float rounding): the same call (hidden states, the router's top-k
 expert indices and weights), the experts taken in the same order, each one's output scaled
 by its routing weight and added to the tokens it serves.
 
 :func:`unfuse_experts` swaps the fused modules of a model for it (the adapter calls it once);
 ``netslim.load`` rebuilds it from the folder's ``netslim.json`` (module kind
 ``routed_experts``), and :func:`fuse_state` writes its weights back in the fused layout for a
-folder plain ``transformers`` loads. An expert that calibration never reaches has no input statistics: the
-engine then compresses it from its weights alone (:mod:`netslim.engine.sequential`).
+folder plain ``transformers`` loads. An expert that calibration never reaches has no input
+statistics: the engine then compresses it from its weights alone (:mod:`netslim.engine.sequential`).
 """
 
 from __future__ import annotations
