@@ -49,7 +49,7 @@ CONFIGS = {
     "gptq4": {"method": "gptq", "bits": 4, "group_size": 128},
 }
 LABELS = {"wanda50": "wanda 50%", "sparsegpt50": "sparsegpt 50%", "gptq4": "gptq 4-bit g128"}
-REPOS = {"wanda": "wanda", "sparsegpt": "sparsegpt", "gptq": "gptq"}  # method -> the --<name>-repo it needs
+METHODS = ("wanda", "sparsegpt", "gptq")  # each needs --<method>-repo, a checkout of its reference
 SIDES = ("reference", "netslim", "netslim-bf16")
 # The order in which the reference llama.py calibrates the projections of a block with GPTQ.
 TRUE_SEQUENTIAL = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
@@ -175,7 +175,7 @@ def table(rows: dict, protocol: dict, threads: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in REPOS.values():
+    for name in METHODS:
         parser.add_argument(f"--{name}-repo", type=Path, help=f"checkout of the reference {name} repository")
     parser.add_argument("--only", nargs="*", choices=list(CONFIGS), default=None)
     parser.add_argument("--quick", action="store_true", help="8 calibration and 8 evaluation windows")
@@ -191,7 +191,7 @@ def main() -> None:
     rows = saved_results(name, protocol).get("results", {})
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     for config in args.only or list(CONFIGS):
-        option = REPOS[CONFIGS[config]["method"]]
+        option = CONFIGS[config]["method"]
         repo = getattr(args, f"{option}_repo")
         if repo is None or not repo.is_dir():
             parser.error(f"{config} needs --{option}-repo pointing at a checkout of the reference repository")

@@ -6,10 +6,13 @@ the path); ``conftest`` is not importable by name, since several folders have on
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 import transformers as T
+from safetensors.torch import load_file, save_file
 
 TINY_CONFIGS = {
     "llama": lambda: T.LlamaConfig(
@@ -166,11 +169,6 @@ def logits_in_a_new_process(folders: list, ids: torch.Tensor, work: Path, plain:
     """Folder -> the logits on ``ids`` of ``netslim.load(folder)`` in a fresh interpreter, as a
     user would reload it; with ``plain``, also ``folder:plain`` -> plain transformers' logits of
     each dense folder."""
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
-    from safetensors.torch import load_file, save_file  # noqa: PLC0415
-
     save_file({"ids": ids}, work / "ids.safetensors")
     run = subprocess.run([sys.executable, "-c", _LOGITS_IN_A_NEW_PROCESS, str(work / "ids.safetensors"),
                           str(work / "logits.safetensors"), "plain" if plain else "netslim", *map(str, folders)],

@@ -110,7 +110,8 @@ def compress_job(
     """
     stages = parse_recipe(recipe)
     graph = is_task_model(source)
-    join_from_env(cuda=execution.torch_device().type == "cuda")  # under torchrun: its process group
+    # a device this machine lacks fails here, before any work; under torchrun, join its process group
+    join_from_env(cuda=execution.torch_device().type == "cuda")
     if world_size() > 1:
         _check_distributable_job(stages, graph, execution)
         progress = progress and is_writer()
@@ -122,7 +123,6 @@ def compress_job(
     if graph and (execution.offload or (execution.device, execution.dtype, execution.batch_size) != ("cpu", "float32", 1)):
         raise ConfigError(f"{source} is pruned in float32 on the CPU; leave out --device, --dtype, --batch-size "
                           "and --offload")
-    execution.torch_device()  # a device this machine lacks fails here, before any work
     offload = not graph and _offloads(source, stages, protocol, execution, storage_format)
     if offload:
         check_offload(stages, protocol.calib_select, storage_format, out)

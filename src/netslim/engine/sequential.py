@@ -274,9 +274,8 @@ def _act_on_layers(step: BlockStep, handler: Handler, cfg: MethodConfig, origina
     form) and its record says so (``calibration_fallback``); every record of a method that
     reads statistics gives the tokens its layer saw (``calibration_tokens``).
     """
-    stages = [[[n for n in group if not cfg.ignores(n)] for group in stage] for stage in step.adapter.block_stages(step.index)]
-    stages = [[g for g in stage if g] for stage in stages]
-    stages = [stage for stage in stages if stage]
+    kept = ([[n for n in group if not cfg.ignores(n)] for group in stage] for stage in step.adapter.block_stages(step.index))
+    stages = [stage for stage in ([g for g in groups if g] for groups in kept) if stage]
     subsets = stages if cfg.true_sequential else [[g for stage in stages for g in stage]]
     for subset in subsets:
         stats, _ = step.layer_stats(subset, cfg.needs, output=False)
