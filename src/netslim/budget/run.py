@@ -9,8 +9,8 @@ it stopped, and a second search of the same model and protocol reuses the first'
    held-out windows of the calibration text (never the evaluation text);
 3. per budget, allocations from the solver (:mod:`netslim.budget.allocate`), each measured
    end to end: for ``size``, the error-minimal allocations under a few weightings of the
-   proxy; for ``ppl``, the byte-minimal allocation for a loss budget, whose link from proxy
-   to measured loss is re-fitted after every measurement (secant steps on the front);
+   proxy; for ``ppl``, the byte-minimal allocation for a proxy budget, narrowed after every
+   measurement between the measured points that bracket the perplexity goal;
 4. the chosen allocation compressed for real (sequential GPTQ through ``compress_job``),
    evaluated on the evaluation text, and written with ``pareto.json``, ``pareto.png`` and
    ``report.md``.
@@ -285,9 +285,8 @@ def _ppl_candidates(target: Budget, sizes, proxies: Proxies, factors, measure, m
     for step in range(MAX_STEPS):
         if _late(deadline) and points:
             break
-        scale = _loss_scale(measured + points, goal, loss)
         try:
-            allocation = allocate(options, minimize="bytes", max_error=goal / scale)
+            allocation = allocate(options, minimize="bytes", max_error=_error_budget(measured + points, goal, loss))
         except ConfigError:
             break
         if _key(allocation.choice) in seen:
@@ -297,21 +296,42 @@ def _ppl_candidates(target: Budget, sizes, proxies: Proxies, factors, measure, m
     return points
 
 
-def _loss_scale(points: list[dict], goal: float, loss) -> float:
-    """Measured rise in loss per unit of calibrated proxy, from the measured points nearest the
-    goal (the two that bracket it, else the nearest): the secant of the front."""
-    usable = [(p, _estimate(loss, p["_choice"])) for p in points]
-    usable = [(p, e) for p, e in usable if e > 0]
+def _error_budget(points: list[dict], goal: float, loss) -> float:
+    """The proxy budget of the next ppl candidate: the byte-minimal allocation under it is
+    measured next.
+
+    Once measured points bracket the goal (one within it, one over it), the next budget lies
+    between their proxies, where the line through them meets the goal, kept within the middle
+    half of the bracket (safeguarded false position: the bracket shrinks by at least a quarter
+    each step, however curved the front is). Before that, the proxy is scaled by measured over
+    predicted loss at the points nearest the goal (a secant through the origin).
+    """
+    usable = [(p["loss_rise"], _estimate(loss, p["_choice"])) for p in points]
+    usable = [(rise, est) for rise, est in usable if est > 0]
+    within = [(rise, est) for rise, est in usable if rise <= goal]
+    over = [(rise, est) for rise, est in usable if rise > goal]
+    if within and over:
+        low = max(within, key=lambda re: re[1])  # the largest proxy known to meet the goal
+        high = min((re for re in over if re[1] > low[1]), key=lambda re: re[1], default=None)
+        if high is not None:
+            share = (goal - low[0]) / (high[0] - low[0]) if high[0] > low[0] else 0.5
+            return low[1] + min(max(share, 0.25), 0.75) * (high[1] - low[1])
+    return goal / _loss_scale(usable, goal)
+
+
+def _loss_scale(usable: list[tuple[float, float]], goal: float) -> float:
+    """Measured rise in loss per unit of calibrated proxy, from the (measured rise, proxy)
+    pairs nearest the goal (the two that bracket it, else the nearest)."""
     if not usable:
         return 1.0
-    below = [(p, e) for p, e in usable if p["loss_rise"] <= goal]
-    above = [(p, e) for p, e in usable if p["loss_rise"] > goal]
+    below = [pair for pair in usable if pair[0] <= goal]
+    above = [pair for pair in usable if pair[0] > goal]
     near = []
     if below:
-        near.append(max(below, key=lambda pe: pe[0]["loss_rise"]))
+        near.append(max(below, key=lambda pair: pair[0]))
     if above:
-        near.append(min(above, key=lambda pe: pe[0]["loss_rise"]))
-    return max(sum(max(p["loss_rise"], 0.0) for p, _ in near) / sum(e for _, e in near), 1e-6)
+        near.append(min(above, key=lambda pair: pair[0]))
+    return max(sum(max(rise, 0.0) for rise, _ in near) / sum(est for _, est in near), 1e-6)
 
 
 def _choose(target: Budget, points: list[dict]) -> dict:
