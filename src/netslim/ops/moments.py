@@ -30,10 +30,14 @@ def _add_upper_gram(xtx: torch.Tensor, x: torch.Tensor) -> None:
 
 
 def _mirror_upper(xtx: torch.Tensor) -> None:
-    """Copy the blocks above the block diagonal of ``xtx`` onto those below it, in place."""
+    """Copy the upper triangle of ``xtx`` onto its lower one, in place: the blocks above the
+    block diagonal onto those below it, and each diagonal block's own upper triangle (a BLAS
+    product ``x^T x`` need not come out exactly symmetric)."""
     width = xtx.shape[0]
-    for start in range(0, width - GRAM_BLOCK, GRAM_BLOCK):
-        stop = start + GRAM_BLOCK
+    for start in range(0, width, GRAM_BLOCK):
+        stop = min(start + GRAM_BLOCK, width)
+        block = xtx[start:stop, start:stop]
+        block.copy_(block.triu() + block.triu(1).t())
         xtx[stop:, start:stop] = xtx[start:stop, stop:].t()
 
 
