@@ -157,12 +157,15 @@ def compress(
     epilog="Examples:\n\n"
     "  netslim search smollm2-135m --budget size=116MB --out best116/\n\n"
     "  netslim search smollm2-135m --budget ppl=1.25x --out small125/\n\n"
+    "  netslim search smollm2-135m --budget speedup=1.5x --out fast150/\n\n"
     "  netslim search ./my-llama --budget size=4GB --calib notes.txt --bits 3 --bits 4 --max-minutes 60 --out best/"
 )
 def search(
     model: Annotated[str, typer.Argument(help="Local folder, .gguf file, alias (smollm2-135m) or hub id of a causal LM.")],
-    budget: Annotated[str, typer.Option(help="size=60MB (stored weights; B, KB, MB, GB, KiB, MiB, GiB) or ppl=1.25x "
-                                        "(perplexity at most this times the dense one, at the smallest size).")],
+    budget: Annotated[str, typer.Option(help="size=60MB (stored weights; B, KB, MB, GB, KiB, MiB, GiB), ppl=1.25x "
+                                        "(perplexity at most this times the dense one, at the smallest size) or "
+                                        "speedup=1.5x (prefill at least this much faster, measured here in PyTorch; "
+                                        "--bits, --groups and --keep do not apply).")],
     out: Annotated[Path, typer.Option(help="Output folder: model/, pareto.json, pareto.png, report.md.")],
     runtime: Annotated[str, typer.Option(help="Where the model runs: torch (llama.cpp: export the result).")] = "torch",
     bits: Annotated[Optional[list[int]], typer.Option(help="Bit widths of the space (repeatable; default 3 4 8; add 2 with --bits 2).")] = None,
@@ -183,7 +186,8 @@ def search(
     batch_size: BatchSize = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if netslim wrote it.")] = False,
 ) -> None:
-    """Find the best model for a budget: per-layer GPTQ bits and group sizes chosen by a solver on
+    """Find the best model for a budget: per-layer GPTQ bits and group sizes (size, ppl) or
+    per-block attention heads, MLP neurons and blocks removed (speedup), chosen by a solver on
     proxies from one statistics pass, candidates measured on held-out windows, the choice
     compressed for real; writes the model, pareto.json, pareto.png and report.md. An
     interrupted search resumes when run again."""
@@ -199,8 +203,9 @@ def search(
     result = _run(run_search, model, budget, out, protocol, space, max_minutes, runtime, overwrite,
                   execution=execution, resumable=True)
     final, chosen = result.pareto["final"], result.chosen
-    console.print(f"chosen: {chosen['label']}: {final['bytes_on_disk'] / 1e6:.2f} MB, perplexity {final['ppl']:.3f} "
-                  f"(dense {final['dense_ppl']:.3f}, x{final['ppl_ratio']:.4f}) on {protocol.eval}")
+    speed = f", prefill x{final['speedup']:.2f} faster" if "speedup" in final else ""
+    console.print(f"chosen: {chosen['label']}: {final['bytes_on_disk'] / 1e6:.2f} MB{speed}, perplexity "
+                  f"{final['ppl']:.3f} (dense {final['dense_ppl']:.3f}, x{final['ppl_ratio']:.4f}) on {protocol.eval}")
     console.print(f"wrote {out} (model/, pareto.json, pareto.png, report.md)")
 
 

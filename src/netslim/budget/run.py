@@ -1,4 +1,5 @@
-"""``netslim search``: the best model for a size or perplexity budget, and its Pareto front.
+"""``netslim search``: the best model for a size or perplexity budget, and its Pareto front
+(a speed budget is searched by :mod:`netslim.budget.speed`).
 
 The steps (each one's results are kept in the cache, so an interrupted search resumes where
 it stopped, and a second search of the same model and protocol reuses the first's work):
@@ -25,33 +26,33 @@ Output folder::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from netslim.api import bos_id, calibration, peak_rss_bytes
 from netslim.budget.allocate import Allocation, Option, allocate, front
 from netslim.budget.budgets import Budget, parse_budget
-from netslim.budget.outputs import render_pareto, render_report
+from netslim.budget.common import (
+    Setup, State, choice_key, final_figures, final_model, float_count, late, note, public, summary, work_dir,
+    write_outputs,
+)
+from netslim.budget.outputs import render_report
 from netslim.budget.proxies import (
-    VERSION, Assembler, Proxies, kind_of, measure_kinds, measure_proxies, model_nll, reference_labels,
+    VERSION, Assembler, Proxies, kind_of, measure_proxies, model_nll, reference_labels,
 )
 from netslim.budget.space import KEEP, Space, allocation_recipe, decoder_projections, fixed_bytes, option_bytes
+from netslim.budget.speed import check_structure_supported, search_speed
 from netslim.data import resolve_text
 from netslim.data.select import check_disjoint
-from netslim.data.windows import evaluation_windows, tokenize
-from netslim.engine.checkpoint import job_fingerprint
+from netslim.data.windows import TokenWindows, evaluation_windows, tokenize
 from netslim.engine.execution import Execution
 from netslim.errors import ConfigError, NetslimError
-from netslim.export.atomic import atomic_folder, check_output, check_writable
-from netslim.job import Protocol, compress_job
+from netslim.export.atomic import check_output, check_writable
+from netslim.job import Protocol
 from netslim.methods.gptq import GPTQConfig
 from netslim.methods.preflight import check_recipe, check_seqlen, model_shape
 from netslim.models.adapter import ModelAdapter
@@ -91,15 +92,18 @@ def search(
     progress: bool = True,
     execution: Execution = Execution(),
 ) -> SearchResult:
-    """Find the best model for ``budget`` (``size=60MB`` or ``ppl=1.25x``) and write it to ``out``.
+    """Find the best model for ``budget`` (``size=60MB``, ``ppl=1.25x`` or ``speedup=1.5x``)
+    and write it to ``out``.
 
     ``size``: the smallest measured loss among allocations whose stored weights (every tensor
     of the folder: embeddings, norms, head and projections) fit the size; predicted bytes are
     bytes on disk. ``ppl``: the smallest stored size whose perplexity on held-out windows of
-    the calibration text is at most the ratio times the dense model's. ``max_minutes`` stops
-    the refinement (not the final compression) once spent. ``execution``: the device, dtype and
-    batch the statistics, every measurement and the final compression run with (the search
-    holds the whole model: no offload).
+    the calibration text is at most the ratio times the dense model's. ``speedup``: the
+    smallest loss among structural choices (:mod:`netslim.budget.speed`) whose measured
+    prefill is at least the ratio faster than the dense model's on this machine; ``space``
+    does not apply. ``max_minutes`` stops the refinement (not the final compression) once
+    spent. ``execution``: the device, dtype and batch the statistics, every measurement and
+    the final compression run with (the search holds the whole model: no offload).
 
     Raises:
         NetslimError: one line saying what to change, before any expensive work.
@@ -109,8 +113,6 @@ def search(
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime '{runtime}': the search measures PyTorch ('torch') for now; export the "
                           "found model with netslim export --to gguf to run it in llama.cpp")
-    if target.kind == "speedup":
-        raise ConfigError(f"budget '{budget}': speed budgets are not searched yet; use size=... or ppl=...")
     if protocol.calib_select == "paser":
         raise ConfigError("--calib-select paser drafts a fixed recipe; a search has none: use random or dsir")
     if max_minutes is not None and max_minutes <= 0:
@@ -118,9 +120,9 @@ def search(
     if execution.offload:
         raise ConfigError("a search measures its candidates on the whole model; leave out --offload")
     execution.torch_device()  # a device this machine lacks fails here, before any work
-    inputs = [model, protocol.calib, protocol.eval, protocol.calib_target]
+    inputs = [i for i in (model, protocol.calib, protocol.eval, protocol.calib_target) if i]
     if out is not None:
-        check_output(out, overwrite, inputs=[i for i in inputs if i])
+        check_output(out, overwrite, inputs=inputs)
     check_writable(cache_dir(), "the netslim cache ($NETSLIM_CACHE)")
     held_out = resolve_text(protocol.eval)
     calib_text = resolve_text(protocol.calib, default_split="valid")
@@ -132,6 +134,14 @@ def search(
         raise ConfigError(f"model '{model}' has no tokenizer; add the tokenizer files to the folder")
     adapter = ModelAdapter.from_model(lm.model)
     check_seqlen(lm.model.config, protocol.seqlen)
+    setup = Setup(model, lm, adapter, protocol, execution, inputs, started,
+                  None if max_minutes is None else started + 60 * max_minutes, progress,
+                  verify_source=f"{calib_text.name}: {VERIFY_WINDOWS} seeded non-overlapping windows "
+                                f"(seed {protocol.seed + 1})")
+    if target.kind == "speedup":
+        check_structure_supported(adapter)
+        setup.windows, setup.verify = _windows(lm, protocol, calib_text)
+        return SearchResult(*search_speed(setup, target, out, overwrite))
     check_recipe([GPTQConfig(act_order=True)], model_shape(adapter))
     projections = decoder_projections(adapter)
     fixed = fixed_bytes(lm.model, projections)
@@ -139,16 +149,13 @@ def search(
              for name, module in projections.items()}
     _check_size_budget(target, fixed, sizes)
 
-    windows = calibration(lm, source=protocol.calib, windows=protocol.calib_windows, seqlen=protocol.seqlen,
-                          seed=protocol.seed, target=protocol.calib_target, select=protocol.calib_select)
-    pool = evaluation_windows(tokenize(lm.tokenizer, calib_text.text), protocol.seqlen, None,
-                              bos_id(lm.model, lm.tokenizer), calib_text.name).ids
-    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(protocol.seed + 1))
-    verify = pool[order[:VERIFY_WINDOWS]]
-    work = _work_dir(adapter, space, protocol, windows.ids, execution)
-    state = _State.load(work)
+    windows, verify = _windows(lm, protocol, calib_text)
+    settings = {"space": space.as_dict(), "seqlen": protocol.seqlen, "seed": protocol.seed, "verify": VERIFY_WINDOWS,
+                "probe": PROBE_WINDOWS, "calib": protocol.calib, "proxies": VERSION}
+    work = work_dir(adapter, settings, windows.ids, execution)
+    state = State.load(work)
     assembler = Assembler(adapter, space)
-    proxies = state.proxies(assembler, windows, verify[:PROBE_WINDOWS], progress, execution.batch_size)
+    proxies = _cached_proxies(state, assembler, windows, verify[:PROBE_WINDOWS], progress, execution.batch_size)
     dense_nll = state.dense(lambda: model_nll(lm.model, verify, progress))
 
     def measure(choice: dict[str, str], kind: str, label: str) -> dict:
@@ -158,35 +165,24 @@ def search(
         entry = {"label": label, "kind": kind, "bytes": total, "proxy_loss": proxy, "nll": point["nll"],
                  "seconds": point.get("seconds"),
                  "loss_rise": point["nll"] - dense_nll, "ppl_ratio": math.exp(point["nll"] - dense_nll),
-                 "choice": _summary(choice), "recipe": allocation_recipe(choice, space)}
-        _note(progress, f"search: {label}: {total / 1e6:.2f} MB, perplexity x{entry['ppl_ratio']:.4f} "
-                        f"(proxy x{math.exp(proxy):.4f})")
+                 "choice": summary(choice), "recipe": allocation_recipe(choice, space)}
+        note(progress, f"search: {label}: {total / 1e6:.2f} MB, perplexity x{entry['ppl_ratio']:.4f} "
+                       f"(proxy x{math.exp(proxy):.4f})")
         return {**entry, "_choice": choice}
 
     points = [measure({n: b for n in projections}, "baseline", f"gptq {b} (uniform)") for b in _baselines(space)]
-    deadline = None if max_minutes is None else started + 60 * max_minutes
     factors = grid_factors(points, proxies, space)
     if target.kind == "size":
-        points += _size_candidates(target, fixed, sizes, proxies, factors, measure, deadline)
+        points += _size_candidates(target, fixed, sizes, proxies, factors, measure, setup.deadline)
     else:
-        points += _ppl_candidates(target, sizes, proxies, factors, measure, points, deadline)
+        points += _ppl_candidates(target, sizes, proxies, factors, measure, points, setup.deadline)
     chosen = _choose(target, points)
     predicted = _front(fixed, sizes, _loss(proxies, factors), points)
 
-    recipe = chosen["recipe"]
-    model_dir = work / "models" / _key(chosen["_choice"])
-    final_start = time.monotonic()
-    if not (model_dir / "report.json").is_file():
-        compress_job(model, recipe, model_dir, protocol, overwrite=False, progress=progress,
-                     execution=replace(execution, offload=False))
-        state.data.setdefault("seconds", {})[f"model {model_dir.name}"] = time.monotonic() - final_start
-        state.save()
-    report = json.loads((model_dir / "report.json").read_text(encoding="utf-8"))
+    model_dir, report = final_model(setup, state, chosen)
     on_disk = int(report["storage"]["tensor_bytes"])
     final = {"bytes_predicted": chosen["bytes"], "bytes_on_disk": on_disk, "bytes_match": on_disk == chosen["bytes"],
-             "ppl": report["compressed"]["ppl"], "dense_ppl": report["baseline"]["ppl"],
-             "ppl_ratio": report["compressed"]["ppl"] / report["baseline"]["ppl"],
-             "compress_seconds": report["compress_seconds"]}
+             **final_figures(report)}
     pareto = {
         "budget": {"kind": target.kind, "value": target.value, "text": target.text},
         "model": model,
@@ -194,30 +190,57 @@ def search(
         "execution": execution.describe(),
         "space": space.as_dict(),
         "protocol": {**asdict(protocol), "verify_windows": VERIFY_WINDOWS, "probe_windows": PROBE_WINDOWS,
-                     "verify_source": f"{calib_text.name}: {VERIFY_WINDOWS} seeded non-overlapping windows "
-                                      f"(seed {protocol.seed + 1})"},
-        "dense": {"bytes": fixed + sum(2 * _float_count(m) for m in projections.values()), "nll": dense_nll},
+                     "verify_source": setup.verify_source},
+        "dense": {"bytes": fixed + sum(2 * float_count(m) for m in projections.values()), "nll": dense_nll},
         "fixed_bytes": fixed,
-        "points": [_public(p) for p in points],
-        "chosen": _public(chosen),
+        "points": [public(p) for p in points],
+        "chosen": public(chosen),
         "front_predicted": predicted,
         "final": final,
         "search_seconds": time.monotonic() - started,
         # what everything this result rests on cost to compute, in this run or an earlier one it reused
-        "work_seconds": state.seconds(model_dir.name) + sum(p.get("seconds") or 0.0 for p in points),
+        "work_seconds": state.seconds(["proxies", "dense_nll", f"model {model_dir.name}"])
+                        + sum(p.get("seconds") or 0.0 for p in points),
         "peak_rss_bytes": peak_rss_bytes(),
     }
-    if out is not None:
-        with atomic_folder(out, overwrite, inputs=[i for i in inputs if i]) as tmp:
-            shutil.copytree(model_dir, tmp / "model")
-            (tmp / "pareto.json").write_text(json.dumps(pareto, indent=2), encoding="utf-8")
-            render_pareto(pareto, tmp / "pareto.png")
-            (tmp / "report.md").write_text(render_report(pareto), encoding="utf-8")
-        shutil.rmtree(model_dir, ignore_errors=True)
+    write_outputs(out, overwrite, inputs, model_dir, pareto, render_report(pareto))
     if not final["bytes_match"]:
         raise NetslimError(f"the stored size ({on_disk} B) differs from the predicted one ({chosen['bytes']} B); "
                            "please report this bug")
-    return SearchResult(None if out is None else Path(out), _public(chosen), pareto)
+    return SearchResult(None if out is None else Path(out), public(chosen), pareto)
+
+
+def _windows(lm, protocol: Protocol, calib_text) -> tuple[TokenWindows, torch.Tensor]:
+    """The calibration windows, and the held-out windows of the calibration text every
+    candidate is measured on (seeded, never the evaluation text)."""
+    windows = calibration(lm, source=protocol.calib, windows=protocol.calib_windows, seqlen=protocol.seqlen,
+                          seed=protocol.seed, target=protocol.calib_target, select=protocol.calib_select)
+    pool = evaluation_windows(tokenize(lm.tokenizer, calib_text.text), protocol.seqlen, None,
+                              bos_id(lm.model, lm.tokenizer), calib_text.name).ids
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(protocol.seed + 1))
+    return windows, pool[order[:VERIFY_WINDOWS]]
+
+
+def _cached_proxies(state: State, assembler: Assembler, windows, probe: torch.Tensor, progress: bool,
+                    batch_size: int = 1) -> Proxies:
+    """The quantization proxies and Hessians, measured once per cache folder."""
+    file = state.folder / "hessians.pt"
+    if "proxies" in state.data and file.is_file():
+        shared = torch.load(file, weights_only=True)
+        assembler.hessians.update({name: shared[key] for name, key in state.data["hessian_of"].items()})
+        return Proxies.from_dict(state.data["proxies"])
+    start = time.monotonic()
+    proxies = measure_proxies(assembler, windows, probe, progress, batch_size)
+    state.data.setdefault("seconds", {})["proxies"] = time.monotonic() - start
+    unique: dict[int, str] = {}
+    for name, tensor in assembler.hessians.items():
+        unique.setdefault(id(tensor), name)
+    torch.save({name: assembler.hessians[name] for name in unique.values()}, state.folder / "hessians.pt.tmp")
+    (state.folder / "hessians.pt.tmp").replace(file)
+    state.data["hessian_of"] = {name: unique[id(t)] for name, t in assembler.hessians.items()}
+    state.data["proxies"] = proxies.as_dict()
+    state.save()
+    return proxies
 
 
 # --- candidates ---------------------------------------------------------------------------
@@ -264,13 +287,13 @@ def _estimate(loss, choice: dict[str, str]) -> float:
 def _size_candidates(target: Budget, fixed: int, sizes, proxies: Proxies, factors, measure, deadline) -> list[dict]:
     points, seen = [], set()
     for weighting in WEIGHTINGS:
-        if _late(deadline) and points:
+        if late(deadline) and points:
             break
         options = _options(sizes, _loss(proxies, factors, weighting))
         allocation = allocate(options, minimize="error", max_bytes=int(target.value) - fixed)
-        if _key(allocation.choice) in seen:
+        if choice_key(allocation.choice) in seen:
             continue
-        seen.add(_key(allocation.choice))
+        seen.add(choice_key(allocation.choice))
         points.append(measure(allocation.choice, "candidate", f"allocation, sensitivity^{weighting:g}"))
     return points
 
@@ -281,17 +304,17 @@ def _ppl_candidates(target: Budget, sizes, proxies: Proxies, factors, measure, m
     loss = _loss(proxies, factors)
     options = _options(sizes, loss)
     points: list[dict] = []
-    seen = {_key(p["_choice"]) for p in measured}
+    seen = {choice_key(p["_choice"]) for p in measured}
     for step in range(MAX_STEPS):
-        if _late(deadline) and points:
+        if late(deadline) and points:
             break
         try:
             allocation = allocate(options, minimize="bytes", max_error=_error_budget(measured + points, goal, loss))
         except ConfigError:
             break
-        if _key(allocation.choice) in seen:
+        if choice_key(allocation.choice) in seen:
             break
-        seen.add(_key(allocation.choice))
+        seen.add(choice_key(allocation.choice))
         points.append(measure(allocation.choice, "candidate", f"allocation {step + 1}"))
     return points
 
@@ -389,116 +412,3 @@ def _measured(assembler: Assembler, choice: dict[str, str], verify: torch.Tensor
         return {"nll": model_nll(assembler.adapter.model, verify, progress)}
 
 
-def _summary(choice: dict[str, str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for label in choice.values():
-        counts[label] = counts.get(label, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def _public(point: dict) -> dict:
-    return {k: v for k, v in point.items() if not k.startswith("_")}
-
-
-def _key(choice: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(sorted(choice.items())).encode()).hexdigest()[:16]
-
-
-def _float_count(module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _late(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() > deadline
-
-
-def _note(progress: bool, message: str) -> None:
-    if progress:
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
-        tqdm.write(message)
-
-
-def _work_dir(adapter: ModelAdapter, space: Space, protocol: Protocol, ids: torch.Tensor,
-              execution: Execution) -> Path:
-    settings = [{"space": space.as_dict(), "seqlen": protocol.seqlen, "seed": protocol.seed,
-                 "verify": VERIFY_WINDOWS, "probe": PROBE_WINDOWS, "calib": protocol.calib, "proxies": VERSION}]
-    if execution.dtype != "float32":  # float32 searches keep the keys of earlier versions
-        settings[0]["dtype"] = execution.dtype
-    folder = cache_dir() / "search" / job_fingerprint(adapter, settings, ids)[:20]
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-@dataclass
-class _State:
-    """What a search keeps in the cache to resume: the proxies, the Hessians, the measured points."""
-
-    folder: Path
-    data: dict[str, Any]
-
-    @classmethod
-    def load(cls, folder: Path) -> _State:
-        file = folder / "state.json"
-        try:
-            data = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
-        except ValueError:
-            data = {}  # a damaged state is recomputed
-        return cls(folder, data if isinstance(data, dict) else {})
-
-    def save(self) -> None:
-        tmp = self.folder / "state.json.tmp"
-        tmp.write_text(json.dumps(self.data), encoding="utf-8")
-        tmp.replace(self.folder / "state.json")
-
-    def proxies(self, assembler: Assembler, windows, probe: torch.Tensor, progress: bool,
-                batch_size: int = 1) -> Proxies:
-        file = self.folder / "hessians.pt"
-        if "proxies" in self.data and file.is_file():
-            shared = torch.load(file, weights_only=True)
-            assembler.hessians.update({name: shared[key] for name, key in self.data["hessian_of"].items()})
-            proxies = Proxies.from_dict(self.data["proxies"])
-            if not proxies.kinds:  # a state from before the kinds were measured
-                start = time.monotonic()
-                measure_kinds(assembler, proxies, probe, progress)
-                self.data["proxies"] = proxies.as_dict()
-                seconds = self.data.setdefault("seconds", {})
-                seconds["proxies"] = seconds.get("proxies", 0.0) + time.monotonic() - start
-                self.save()
-            return proxies
-        start = time.monotonic()
-        proxies = measure_proxies(assembler, windows, probe, progress, batch_size)
-        self.data.setdefault("seconds", {})["proxies"] = time.monotonic() - start
-        unique: dict[int, str] = {}
-        for name, tensor in assembler.hessians.items():
-            unique.setdefault(id(tensor), name)
-        torch.save({name: assembler.hessians[name] for name in unique.values()}, self.folder / "hessians.pt.tmp")
-        (self.folder / "hessians.pt.tmp").replace(file)
-        self.data["hessian_of"] = {name: unique[id(t)] for name, t in assembler.hessians.items()}
-        self.data["proxies"] = proxies.as_dict()
-        self.save()
-        return proxies
-
-    def dense(self, compute) -> float:
-        if "dense_nll" not in self.data:
-            start = time.monotonic()
-            self.data["dense_nll"] = compute()
-            self.data.setdefault("seconds", {})["dense"] = time.monotonic() - start
-            self.save()
-        return self.data["dense_nll"]
-
-    def point(self, choice: dict[str, str], compute) -> dict:
-        """A measured point (``nll``, and ``seconds``: what measuring it cost, when it was)."""
-        points = self.data.setdefault("points", {})
-        key = _key(choice)
-        if key not in points:
-            start = time.monotonic()
-            points[key] = {**compute(), "seconds": time.monotonic() - start}
-            self.save()
-        return points[key]
-
-    def seconds(self, model: str) -> float:
-        """What the proxies, the dense loss and final model ``model`` cost when they were
-        computed (in this run or an earlier one)."""
-        seconds = self.data.get("seconds", {})
-        return sum(seconds.get(k, 0.0) for k in ("proxies", "dense", f"model {model}"))

@@ -230,8 +230,37 @@ def _uniform(s: BlockScores, ratio: float) -> tuple[int, int]:
     return S.uniform_counts(s.head_units.numel(), s.head_cost, s.neurons.numel(), s.neuron_cost, ratio, s.params)
 
 
-def _cut_block(adapter, index, s: BlockScores, n_units: int, n_neurons: int, stats, cfg) -> dict:
-    """Apply the cuts of one block; returns its report fields."""
+def score_blocks(cfg: WidthConfig, adapter: ModelAdapter, sweep: Sweep | None,
+                 ) -> tuple[list[BlockScores], list[tuple | None]]:
+    """Every block's scores from one sweep of the model as it is, and per block the input
+    moments of its attention and MLP output projections (``None`` when the score and the
+    compensation read no data).
+
+    Raises:
+        ConfigError: the family cannot be resized, or the score needs data and ``sweep`` is ``None``.
+    """
+    surgery.check_width_supported(adapter)
+    needs = cfg.sweep_needs
+    if needs and sweep is None:
+        raise ConfigError(f"width pruning with score '{cfg.score}' needs calibration data; pass calibration windows")
+    moments: list[tuple | None] = [None] * adapter.num_blocks
+    grads: list[dict | None] = [None] * adapter.num_blocks
+    if needs:
+        outputs = (adapter.spec.attn_out, adapter.spec.mlp_out)
+        reads = tuple(f".{path}" for path in outputs)  # FLAP's moments: the output projections' inputs only
+        for index, block in sweep(needs, gradient_windows=cfg.taylor_windows, layers=lambda n: n.endswith(reads)):
+            prefix = adapter.block_name(index)
+            if Stat.MOMENTS in needs:
+                moments[index] = tuple(block.layers[f"{prefix}.{path}"].moments for path in outputs)
+            grads[index] = block.layers if Stat.GRADIENT in needs else None
+    return [_block_scores(adapter, i, cfg, moments[i], grads[i]) for i in range(adapter.num_blocks)], moments
+
+
+def cut_block(adapter: ModelAdapter, index: int, s: BlockScores, n_units: int, n_neurons: int, stats,
+              cfg: WidthConfig) -> dict:
+    """Remove the ``n_units`` lowest attention units and ``n_neurons`` lowest MLP neurons of
+    block ``index`` (by ``s``, with ``stats`` the moments of :func:`score_blocks` for the
+    compensation); returns its report fields."""
     spec, hd = adapter.spec, adapter.head_dim
     n_q, n_kv = surgery.head_counts(adapter, index)
     removed_q = torch.tensor(sorted(h for unit in s.head_order[:n_units] for h in unit), dtype=torch.long)
@@ -261,21 +290,7 @@ class WidthHandler(Handler):
     def plan(self, cfg: WidthConfig, adapter: ModelAdapter, sweep: Sweep | None) -> WidthConfig:
         """Scores of every block (one sweep of the dense model) and the per-block counts,
         returned in the config (``block_units``, ``block_neurons``)."""
-        surgery.check_width_supported(adapter)
-        needs = cfg.sweep_needs
-        if needs and sweep is None:
-            raise ConfigError(f"width pruning with score '{cfg.score}' needs calibration data; pass calibration windows")
-        self.moments: list[tuple | None] = [None] * adapter.num_blocks  # (attention, MLP) output inputs
-        grads: list[dict | None] = [None] * adapter.num_blocks
-        if needs:
-            outputs = (adapter.spec.attn_out, adapter.spec.mlp_out)
-            reads = tuple(f".{path}" for path in outputs)  # FLAP's moments: the output projections' inputs only
-            for index, block in sweep(needs, gradient_windows=cfg.taylor_windows, layers=lambda n: n.endswith(reads)):
-                prefix = adapter.block_name(index)
-                if Stat.MOMENTS in needs:
-                    self.moments[index] = tuple(block.layers[f"{prefix}.{path}"].moments for path in outputs)
-                grads[index] = block.layers if Stat.GRADIENT in needs else None
-        self.scores = [_block_scores(adapter, i, cfg, self.moments[i], grads[i]) for i in range(adapter.num_blocks)]
+        self.scores, self.moments = score_blocks(cfg, adapter, sweep)
         plan = _plan(self.scores, cfg)
         return cfg.model_copy(update={"block_units": tuple(u for u, _ in plan), "block_neurons": tuple(n for _, n in plan)})
 
@@ -283,7 +298,7 @@ class WidthHandler(Handler):
         """Cut the block's planned heads and neurons."""
         adapter, index = step.adapter, step.index
         units, neurons = cfg.block_units[index], cfg.block_neurons[index]
-        extra = _cut_block(adapter, index, self.scores[index], units, neurons, self.moments[index], cfg)
+        extra = cut_block(adapter, index, self.scores[index], units, neurons, self.moments[index], cfg)
         for name, module in adapter.block_linears(index).items():
             step.record(name, module, cfg.method, extra if name.endswith(adapter.spec.attn_out) else None)
 

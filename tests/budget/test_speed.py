@@ -1,0 +1,136 @@
+"""netslim search --budget speedup=...: the structural space, its latency table, and a search
+on a small Llama whose blocks dominate its prefill."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers as T
+from typer.testing import CliRunner
+
+import netslim.budget.run as run
+import netslim.budget.speed as speed
+from netslim.budget.structure import DROP, Cut, Structure, neuron_options
+from netslim.cli import app
+from netslim.engine.sweep import iter_block_stats
+from netslim.job import Protocol
+from netslim.models.adapter import ModelAdapter
+from tiny_models import char_tokenizer, eval_text_beside, random_windows, tiny_model
+
+
+@pytest.fixture
+def wide_folder(tmp_path, monkeypatch):
+    """A Llama of 4 blocks wide enough (256 / 1024) that its blocks are most of a prefill."""
+    monkeypatch.setenv("NETSLIM_CACHE", str(tmp_path / "cache"))
+    tokenizer = char_tokenizer()
+    config = T.LlamaConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+                           num_key_value_heads=4, vocab_size=128, max_position_embeddings=256,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(config).eval()
+    folder = tmp_path / "wide-llama"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"the quick brown fox {i} jumps over the lazy dog." for i in range(400)))
+    protocol = Protocol(seqlen=128, calib=str(text), calib_windows=4, eval=str(eval_text_beside(text)), eval_windows=2)
+    return str(folder), protocol, tmp_path
+
+
+def test_neuron_options_step_by_eighths_and_keep_a_quarter():
+    assert neuron_options(1536) == [0, 192, 384, 576, 768, 960, 1152]
+    assert neuron_options(128) == [0, 16, 32, 48, 64, 80, 96]
+    assert all((2048 - n) % 64 == 0 for n in neuron_options(2048))
+
+
+def _structure(adapter):
+    windows = random_windows(4, 32)
+    return Structure.measure(adapter, lambda needs, **kw: iter_block_stats(adapter, windows, needs, **kw))
+
+
+def test_cut_energy_grows_with_the_cut_and_the_recipe_spells_the_choice():
+    adapter = ModelAdapter.from_model(tiny_model("llama"))
+    structure = _structure(adapter)
+    assert {c.label for c in structure.cuts} >= {"u0 n0", "u1 n0", "u0 n16"}
+    assert DROP in structure.labels()
+    assert structure.energy(0, Cut(0, 0)) == 0.0
+    energies = [structure.energy(0, Cut(0, n)) for n in neuron_options(128)]
+    assert energies == sorted(energies) and energies[-1] > 0
+    both = structure.energy(0, Cut(1, 0)) + structure.energy(0, Cut(0, 32))
+    assert structure.energy(0, Cut(1, 32)) == pytest.approx(both)
+    names = structure.names
+    recipe = structure.recipe({names[0]: "u1 n32", names[1]: DROP})
+    assert recipe[0] == {"method": "width", "score": "flap", "block_units": [1, 0], "block_neurons": [32, 0]}
+    assert recipe[1] == {"method": "depth", "remove": [1]}
+    assert recipe[-1]["method"] == "rtn"
+
+
+def test_a_cut_copy_leaves_the_model_alone():
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    adapter = ModelAdapter.from_model(model)
+    structure = _structure(adapter)
+    from netslim.budget.structure import cut_copy, skipped  # noqa: PLC0415
+
+    block = cut_copy(adapter, structure, 0, Cut(1, 64))
+    assert block.mlp.down_proj.in_features == 64 and block.self_attn.o_proj.in_features == 32
+    ids = random_windows(1, 16).ids
+    with torch.no_grad():
+        dense = model(ids).logits
+        with skipped(adapter, 1):
+            assert not torch.equal(model(ids).logits, dense)
+        assert torch.equal(model(ids).logits, dense)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_speed_budget_from_the_command_line_and_resume(wide_folder, monkeypatch):
+    folder, protocol, tmp_path = wide_folder
+    out = tmp_path / "fast"
+    result = CliRunner().invoke(app, ["search", folder, "--budget", "speedup=1.1x", "--out", str(out),
+                                      "--calib", protocol.calib, "--calib-windows", "4", "--seqlen", "128",
+                                      "--eval", protocol.eval, "--eval-windows", "2"])
+    assert result.exit_code == 0, result.output
+    pareto = json.loads((out / "pareto.json").read_text())
+    chosen, final = pareto["chosen"], pareto["final"]
+    assert chosen["speedup"] >= 1.1  # measured beside the dense model
+    assert all(p["speedup"] < 1.1 or p["nll"] >= chosen["nll"] for p in pareto["points"])
+    assert {"u0 n0", DROP} <= set(pareto["latency_table"]["blocks"])
+    assert (out / "pareto.png").stat().st_size > 0 and "speed-up" in (out / "report.md").read_text()
+    # the folder holds the chosen recipe, replayed by the final compression
+    recipe = json.loads((out / "model" / "report.json").read_text())["recipe"]
+    assert [s["method"] for s in recipe] == [s["method"] for s in chosen["recipe"]]
+    assert final["bytes_on_disk"] == chosen["bytes"]
+    assert math.isfinite(final["ppl"]) and "speedup_met" in final
+    script = ("import json, sys, torch, netslim; m = netslim.load(sys.argv[1]).model; "
+              "print(json.dumps([m.config.num_hidden_layers, m(torch.arange(1, 9)[None]).logits.shape[-1]]))")
+    reloaded = subprocess.run([sys.executable, "-c", script, str(out / "model")], capture_output=True, text=True,
+                              check=True)
+    layers, vocab = json.loads(reloaded.stdout.splitlines()[-1])
+    assert layers == 4 - sum(1 for s in recipe if s["method"] == "depth" for _ in s["remove"]) and vocab == 128
+
+    def never(*args, **kwargs):
+        raise AssertionError("resumed work was done again")
+
+    for name in ("_measured", "latency_table", "measure_probes"):
+        monkeypatch.setattr(speed, name, never)
+    again = run.search(folder, "speedup=1.1x", tmp_path / "again", protocol, progress=False)
+    assert again.chosen == {k: v for k, v in chosen.items()}
+
+
+def test_a_mixture_of_experts_is_refused_before_work(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("NETSLIM_CACHE", str(tmp_path / "cache"))
+    from tiny_models import TINY_MOE_CONFIGS  # noqa: PLC0415
+
+    config = TINY_MOE_CONFIGS["mixtral"]()
+    model = T.AutoModelForCausalLM.from_config(config)
+    folder = tmp_path / "moe"
+    model.save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    _, text = tiny_folder
+    protocol = Protocol(seqlen=32, calib=str(text), calib_windows=4, eval=str(eval_text_beside(text)), eval_windows=2)
+    monkeypatch.setattr(speed.Structure, "measure", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(run.NetslimError, match="mixture of experts"):
+        run.search(str(folder), "speedup=1.5x", tmp_path / "x", protocol, progress=False)
