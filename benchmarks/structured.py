@@ -29,6 +29,8 @@ CONFIGS = {
     "width-wanda": {"method": "width", "score": "wanda"},
     "width-flap": {"method": "width", "score": "flap"},
     "width-flap-global": {"method": "width", "score": "flap", "allocation": "global"},
+    "width-flap-refit": {"method": "width", "score": "flap", "refit": True},
+    "width-flap-global-refit": {"method": "width", "score": "flap", "allocation": "global", "refit": True},
     "width-taylor": {"method": "width", "score": "taylor"},
     "depth-bi": {"method": "depth", "score": "block_influence"},
     "depth-ppl": {"method": "depth", "score": "perplexity"},

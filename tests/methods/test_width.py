@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import netslim
-from tiny_models import tiny_model
+from tiny_models import logits_in_a_new_process, tiny_model
 from netslim.errors import ConfigError, UnsupportedModelError
 from netslim.export.load import read_marker
 from netslim.recipe import dump_recipe, load_recipe
@@ -90,6 +90,25 @@ def test_compensation_lowers_layer_error(token_windows):
         errors[compensate] = _block0_error(dense, model, token_windows)
         assert (ModelAdapter.from_model(model).blocks[0].mlp.down_proj.bias is not None) == compensate
     assert errors[True] < errors[False], errors
+
+
+def test_refit_lowers_layer_error_below_compensation_and_reloads(tmp_path, token_windows):
+    dense = tiny_model("llama")
+    with torch.no_grad():  # correlated MLP neurons with a large mean: what a refit can use and a bias cannot
+        for block in ModelAdapter.from_model(dense).blocks:
+            gate = block.mlp.gate_proj.weight
+            gate[64:] = gate[:64] + 0.1 * gate[64:]
+            block.mlp.gate_proj.bias = torch.nn.Parameter(torch.full((128,), 2.0))
+    errors, results = {}, {}
+    for refit in (False, True):
+        model = copy.deepcopy(dense)
+        results[refit] = netslim.compress(model, netslim.WidthConfig(ratio=0.4, score="flap", refit=refit),
+                                          calibration=token_windows, progress=False)
+        errors[refit] = _block0_error(dense, model, token_windows)
+    assert errors[True] < 0.8 * errors[False], errors
+    netslim.save(results[True], tmp_path / "out")
+    logits = logits_in_a_new_process([tmp_path / "out"], IDS, tmp_path)
+    torch.testing.assert_close(logits[str(tmp_path / "out")], results[True].model(IDS).logits)
 
 
 @pytest.mark.parametrize("gqa", ["kv", "query"])

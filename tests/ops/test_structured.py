@@ -82,3 +82,23 @@ def test_standardize_and_helpers():
     torch.testing.assert_close(S.group_scores(torch.arange(6.0), 3), torch.tensor([1.0, 4.0]))
     assert S.lowest(torch.tensor([5.0, 1.0, 3.0, 0.0]), 2).tolist() == [1, 3]
     assert S.complement(5, torch.tensor([1, 3])).tolist() == [0, 2, 4]
+
+
+def test_refit_is_the_least_squares_fit_of_the_output_on_the_kept_channels():
+    torch.manual_seed(0)
+    base = torch.randn(2000, 4)
+    mix = torch.randn(4, 7)
+    x = base @ mix + 0.3 * torch.randn(2000, 7) + torch.tensor([0.0, 2.0, -1.0, 0.5, 3.0, 0.0, 1.0])
+    x = x.double()
+    w = torch.randn(5, 7, dtype=torch.float64)
+    removed, keep = torch.tensor([1, 4, 6]), torch.tensor([0, 2, 3, 5])
+    kept, bias = S.refit_columns(w, x.t() @ x / len(x), x.mean(0), removed, damp=0.0)
+    design = torch.cat([x[:, keep], torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    best = torch.linalg.lstsq(design, x @ w.t()).solution  # (kept + 1, out)
+    torch.testing.assert_close(kept, best[:-1].t(), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(bias, best[-1], rtol=1e-6, atol=1e-8)
+    # uncorrelated channels: the refit leaves the kept columns and gives the mean compensation
+    mean = torch.full((7,), 1.5, dtype=torch.float64)
+    kept, bias = S.refit_columns(w, torch.eye(7, dtype=torch.float64) + 1.5**2, mean, removed, damp=0.0)
+    torch.testing.assert_close(kept, w[:, keep])
+    torch.testing.assert_close(bias, S.compensation_bias(w, mean, removed))

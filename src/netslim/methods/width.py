@@ -36,7 +36,7 @@ import torch
 from pydantic import Field, model_validator
 
 from netslim.engine.records import RunLog
-from netslim.engine.stats import Stat
+from netslim.engine.stats import LayerStats, Stat
 from netslim.engine.step import BlockStep
 from netslim.errors import ConfigError
 from netslim.methods.base import Handler, MethodConfig, ModelShape, Scope, Sweep
@@ -44,6 +44,9 @@ from netslim.methods.registry import register_method
 from netslim.models import surgery
 from netslim.models.adapter import ModelAdapter
 from netslim.ops import structured as S
+
+
+REFIT_NEEDS = frozenset({Stat.HESSIAN, Stat.MOMENTS})  # E[x x^T] and E[x] of the output projections' inputs
 
 
 class WidthConfig(MethodConfig):
@@ -58,6 +61,11 @@ class WidthConfig(MethodConfig):
             every group.
         compensate: Fold the removed channels' mean output into a bias; ``None`` means on for
             ``flap`` only.
+        refit: Refit each output projection's kept input columns by least squares
+            (:func:`netslim.ops.structured.refit_columns`: the removed channels regressed on the
+            kept ones over the calibration states as they reach the block, earlier blocks
+            already cut), its bias taking the rest; replaces ``compensate``. One more forward
+            of each block over the calibration windows.
         prune_attention: Whether heads may be removed (else only neurons).
         taylor_windows: Calibration windows used for gradients with ``score: taylor``.
         block_units: Attention units (key-value groups, or query-head slices in ``query``
@@ -76,6 +84,7 @@ class WidthConfig(MethodConfig):
     allocation: Literal["uniform", "global"] = "uniform"
     gqa: Literal["kv", "query"] = "kv"
     compensate: bool | None = None
+    refit: bool = False
     prune_attention: bool = True
     taylor_windows: int = Field(default=8, ge=1)
     block_units: tuple[int, ...] | None = None
@@ -109,8 +118,16 @@ class WidthConfig(MethodConfig):
 
     @property
     def compensates(self) -> bool:
-        """Whether bias compensation is applied."""
+        """Whether bias compensation is applied (from the planning sweep's means; a refit
+        brings its own)."""
+        if self.refit:
+            return False
         return self.score == "flap" if self.compensate is None else self.compensate
+
+    @property
+    def needs(self) -> frozenset[Stat]:
+        """A refit reads each block's output projections' inputs in the pass that cuts it."""
+        return REFIT_NEEDS if self.refit else frozenset()
 
     @property
     def sweep_needs(self) -> frozenset[Stat]:
@@ -121,8 +138,8 @@ class WidthConfig(MethodConfig):
 
     @property
     def needs_calibration(self) -> bool:
-        """Every score but ``magnitude`` without compensation reads calibration data."""
-        return bool(self.sweep_needs)
+        """Every score but ``magnitude`` without compensation or refit reads calibration data."""
+        return bool(self.sweep_needs or self.needs)
 
 
 @dataclass
@@ -257,19 +274,28 @@ def score_blocks(cfg: WidthConfig, adapter: ModelAdapter, sweep: Sweep | None,
 
 
 def cut_block(adapter: ModelAdapter, index: int, s: BlockScores, n_units: int, n_neurons: int, stats,
-              cfg: WidthConfig) -> dict:
+              cfg: WidthConfig, refit: tuple[LayerStats, LayerStats] | None = None) -> dict:
     """Remove the ``n_units`` lowest attention units and ``n_neurons`` lowest MLP neurons of
     block ``index`` (by ``s``, with ``stats`` the moments of :func:`score_blocks` for the
-    compensation); returns its report fields."""
+    compensation); ``refit``: the statistics of the attention and MLP output projections'
+    inputs to refit their kept columns by. Returns the block's report fields."""
     spec, hd = adapter.spec, adapter.head_dim
     n_q, n_kv = surgery.head_counts(adapter, index)
     removed_q = torch.tensor(sorted(h for unit in s.head_order[:n_units] for h in unit), dtype=torch.long)
     removed_n = S.lowest(s.neurons, n_neurons)
-    if cfg.compensates:
-        for path, removed, moments in ((spec.attn_out, surgery.head_rows(removed_q, hd), stats[0]), (spec.mlp_out, removed_n, stats[1])):
-            if removed.numel():
-                out = adapter.block_part(index, path)
-                surgery.add_bias(out, S.compensation_bias(out.weight.data, moments.mean, removed))
+    cuts = ((spec.attn_out, surgery.head_rows(removed_q, hd)), (spec.mlp_out, removed_n))
+    for part, (path, removed) in enumerate(cuts):
+        if not removed.numel() or not (cfg.compensates or refit):
+            continue
+        out = adapter.block_part(index, path)
+        w = out.weight.data
+        if refit is None:
+            surgery.add_bias(out, S.compensation_bias(w, stats[part].mean, removed))
+            continue
+        signal = refit[part]
+        kept, bias = S.refit_columns(w, signal.hessian / 2, signal.moments.mean, removed)
+        w[:, S.complement(w.shape[1], removed)] = kept.to(w.dtype)
+        surgery.add_bias(out, bias)
     if removed_q.numel():
         keep_q = S.complement(n_q, removed_q)
         group = n_q // n_kv
@@ -298,7 +324,12 @@ class WidthHandler(Handler):
         """Cut the block's planned heads and neurons."""
         adapter, index = step.adapter, step.index
         units, neurons = cfg.block_units[index], cfg.block_neurons[index]
-        extra = cut_block(adapter, index, self.scores[index], units, neurons, self.moments[index], cfg)
+        refit = None
+        if cfg.refit and (units or neurons):
+            paths = (adapter.spec.attn_out, adapter.spec.mlp_out)
+            signals = step.signals({path: REFIT_NEEDS for path in paths})
+            refit = (signals[paths[0]], signals[paths[1]])
+        extra = cut_block(adapter, index, self.scores[index], units, neurons, self.moments[index], cfg, refit)
         for name, module in adapter.block_linears(index).items():
             step.record(name, module, cfg.method, extra if name.endswith(adapter.spec.attn_out) else None)
 

@@ -1,11 +1,13 @@
-"""Pure math of structured pruning: channel scores, allocation, bias compensation.
+"""Pure math of structured pruning: channel scores, allocation, bias compensation, refits.
 
 A *channel* is one input column of an output projection (``o_proj`` / ``down_proj``) together
 with the rows of the input projections that produce it. Heads are groups of ``head_dim``
 channels; MLP neurons are single channels. Nothing here sees a model.
 
 References: FLAP (An et al., 2024, https://arxiv.org/abs/2312.11983) for the fluctuation
-metric, standardized global allocation and bias compensation; Wanda (Sun et al., 2023) for
+metric, standardized global allocation and bias compensation; the least-squares refit of
+the kept columns is the structured OBS update of ZipLM (Kurtic et al., 2023,
+https://arxiv.org/abs/2302.04089) with the mean as an intercept; Wanda (Sun et al., 2023) for
 activation-weighted scores; LLM-Pruner (Ma et al., 2023) for first-order Taylor scores.
 """
 
@@ -147,3 +149,33 @@ def complement(size: int, removed: torch.Tensor) -> torch.Tensor:
 def compensation_bias(w_out: torch.Tensor, mean: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     """Bias that replaces removed channels by their mean contribution: ``W[:, R] @ E[x_R]``."""
     return w_out[:, removed].double() @ mean[removed].to(w_out.device).double()
+
+
+def refit_columns(w_out: torch.Tensor, second: torch.Tensor, mean: torch.Tensor, removed: torch.Tensor,
+                  damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept input columns of ``w_out`` refitted by least squares when the columns ``removed`` go.
+
+    Each removed channel is regressed on the kept ones over the calibration tokens,
+    ``x_R ~ A x_K + c`` with ``A = C_RK C_KK^-1`` and ``c = E[x_R] - A E[x_K]`` (``C`` the
+    covariance, its kept block damped by ``damp`` times its mean diagonal), so that
+    ``W x ~ (W_K + W_R A) x_K + W_R c``: the output's mean squared error over the calibration
+    is the least any bias and kept columns reach. With ``A = 0`` this is :func:`compensation_bias`.
+
+    Args:
+        w_out: The projection's weight, (out, in).
+        second: ``E[x x^T]`` of its input over the calibration, (in, in).
+        mean: ``E[x]``, (in,).
+        removed: Indices of the input columns that go.
+
+    Returns:
+        The kept columns' new weights (out, kept), float64, and the bias to add, (out,).
+    """
+    kept = complement(w_out.shape[1], removed)
+    mu = mean.double().to(w_out.device)
+    cov = second.double().to(w_out.device) - torch.outer(mu, mu)
+    c_kk = cov[kept][:, kept]
+    c_kk.diagonal().add_(damp * float(c_kk.diagonal().mean().clamp_min(1e-12)))
+    w = w_out.double()
+    w_r = w[:, removed]
+    delta = torch.linalg.solve(c_kk, cov[kept][:, removed] @ w_r.t()).t()  # W_R A, (out, kept)
+    return w[:, kept] + delta, w_r @ mu[removed] - delta @ mu[kept]
