@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 
 import netslim.budget.run as run
 import netslim.budget.speed as speed
-from netslim.budget.structure import DROP, Cut, Structure, neuron_options
+from netslim.budget.structure import DROP, Cut, Structure, cut_copy, measure_probes, neuron_options, swapped
 from netslim.cli import app
 from netslim.engine.sweep import iter_block_stats
 from netslim.job import Protocol
 from netslim.models.adapter import ModelAdapter
+from netslim.recovery.teacher import window_losses
 from tiny_models import char_tokenizer, eval_text_beside, random_windows, tiny_model
 
 
@@ -63,8 +64,8 @@ def test_cut_energy_grows_with_the_cut_and_the_recipe_spells_the_choice():
     assert structure.energy(0, Cut(1, 32)) == pytest.approx(both)
     names = structure.names
     recipe = structure.recipe({names[0]: "u1 n32", names[1]: DROP})
-    assert recipe[0] == {"method": "width", "score": "flap", "block_units": [1, 0], "block_neurons": [32, 0]}
-    assert recipe[1] == {"method": "depth", "remove": [1]}
+    assert recipe[0] == {"method": "depth", "remove": [1]}
+    assert recipe[1] == {"method": "width", "score": "flap", "refit": True, "block_units": [1], "block_neurons": [32]}
     assert recipe[-1]["method"] == "rtn"
 
 
@@ -73,17 +74,29 @@ def test_a_cut_copy_leaves_the_model_alone():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     adapter = ModelAdapter.from_model(model)
     structure = _structure(adapter)
-    from netslim.budget.structure import cut_copy, skipped  # noqa: PLC0415
-
     block = cut_copy(adapter, structure, 0, Cut(1, 64))
     assert block.mlp.down_proj.in_features == 64 and block.self_attn.o_proj.in_features == 32
-    ids = random_windows(1, 16).ids
-    with torch.no_grad():
-        dense = model(ids).logits
-        with skipped(adapter, 1):
-            assert not torch.equal(model(ids).logits, dense)
-        assert torch.equal(model(ids).logits, dense)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_block_probes_are_the_whole_model_loss_rises():
+    model = tiny_model("llama")
+    adapter = ModelAdapter.from_model(model)
+    structure = _structure(adapter)
+    probe = random_windows(3, 16).ids
+    proxies = measure_probes(adapter, structure, probe, progress=False)
+    with torch.no_grad():
+        dense = window_losses(model, probe, progress=False).mean().item()
+        for index, block in enumerate(adapter.blocks):
+            with swapped(adapter, index, cut_copy(adapter, structure, index, structure.probe_cut())):
+                rise = window_losses(model, probe, progress=False).mean().item() - dense
+            assert proxies.probe_rise[index] == pytest.approx(rise, abs=1e-5)
+            block.forward = lambda *args, **kwargs: args[0] if args else kwargs["hidden_states"]  # skipped
+            try:
+                rise = window_losses(model, probe, progress=False).mean().item() - dense
+            finally:
+                del block.forward
+            assert proxies.drop_rise[index] == pytest.approx(rise, abs=1e-5) and rise != 0
 
 
 def test_speed_budget_from_the_command_line_and_resume(wide_folder, monkeypatch):

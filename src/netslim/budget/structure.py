@@ -2,9 +2,10 @@
 time on this machine, and an estimate of what it costs in loss.
 
 Every block either stays with some of its attention units (key-value groups with their query
-heads) and MLP neurons removed (width pruning with FLAP's scores and bias compensation, the
-lowest-scored structures first), or goes whole (depth). In PyTorch on a CPU only such
-structural removals make a prefill faster: quantized and sparse layers run as dense ones.
+heads) and MLP neurons removed (width pruning with FLAP's scores, the lowest-scored structures
+first, the output projections' kept columns refitted by least squares), or goes whole
+(depth). In PyTorch on a CPU only such structural removals make a prefill faster: quantized
+and sparse layers run as dense ones.
 
 - **Latency** (:func:`latency_table`): every block shape of the space is cut from a copy of
   block 0 and timed on one window, the shapes' runs interleaved (a machine shared with other
@@ -15,10 +16,12 @@ structural removals make a prefill faster: quantized and sparse layers run as de
   a cut's *energy* is the sum of the scores it removes. Per block, the rise in next-token loss
   on held-out windows with one probe cut (one attention unit and half the MLP) turns energy
   into nats (shrunk halfway toward the model-wide ratio, as the quantization proxies are), and
-  the rise with the block skipped is the cost of removing it.
+  the rise with the block skipped is the cost of removing it. Probes cut with FLAP's bias
+  compensation only (a refit needs a forward of the block over the calibration): they rank the
+  blocks; the measured candidates carry the refit.
 
-A choice (block name -> option label) replays as one recipe (:func:`recipe`): ``width`` with
-per-block counts, ``depth`` with the removed blocks, and the stored grid :data:`STORE` on top.
+A choice (block name -> option label) replays as one recipe (:func:`recipe`): ``depth`` with
+the removed blocks, ``width`` with per-block counts, and the stored grid :data:`STORE` on top.
 """
 
 from __future__ import annotations
@@ -35,19 +38,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from netslim.engine.capture import BlockCall, capture_block_inputs, run_block
+from netslim.engine.sweep import tail_loss
 from netslim.errors import ConfigError
 from netslim.eval.latency import num_threads, prefill_once
 from netslim.methods.base import Sweep
 from netslim.methods.width import BlockScores, WidthConfig, cut_block, score_blocks
 from netslim.models.adapter import ModelAdapter
-from netslim.recovery.teacher import window_losses
 
-VERSION = 1  # of how the structural proxies are measured (part of the cache key)
+VERSION = 2  # of how the structural proxies and points are measured (part of the cache key)
 DROP = "drop"  # the option that removes the whole block
 LEVELS = 8  # MLP widths step by an eighth of the dense width ...
 MIN_KEPT = 0.25  # ... down to a quarter of it
 NEURON_MULTIPLE = 64  # kept MLP widths of 512 neurons or more stay multiples of this
-FLAP = WidthConfig(score="flap")  # the scores and the compensation of every cut
+FLAP = WidthConfig(score="flap")  # the scores of every cut, and the compensation of the probes
 STORE = {"method": "rtn", "bits": 8, "group_size": -1}  # stored on top: 8-bit codes, run as float by torch
 SHRINK, FLOOR = 0.5, 0.25  # a block's sensitivity: this share its own, at least this share of the model's
 
@@ -123,19 +126,19 @@ class Structure:
         return Cut(min(units, 1), neurons[len(neurons) // 2])
 
     def recipe(self, choice: dict[str, str]) -> list[dict]:
-        """The recipe that builds ``choice`` (block name -> label) from the dense model."""
-        cuts = [Cut(0, 0) if choice[name] == DROP else Cut.parse(choice[name]) for name in self.names]
-        stages = []
-        if any(c.units or c.neurons for c in cuts):
-            stages.append({"method": "width", "score": FLAP.score, "block_units": [c.units for c in cuts],
-                           "block_neurons": [c.neurons for c in cuts]})
+        """The recipe that builds ``choice`` (block name -> label) from the dense model: the
+        dropped blocks go first, so that the width stage refits each kept block on the
+        states that reach it in the final model."""
         dropped = [i for i, name in enumerate(self.names) if choice[name] == DROP]
-        if dropped:
-            stages.append({"method": "depth", "remove": dropped})
+        cuts = [Cut.parse(choice[name]) for name in self.names if choice[name] != DROP]
+        stages = [{"method": "depth", "remove": dropped}] if dropped else []
+        if any(c.units or c.neurons for c in cuts):
+            stages.append({"method": "width", "score": FLAP.score, "refit": True,
+                           "block_units": [c.units for c in cuts], "block_neurons": [c.neurons for c in cuts]})
         return [*stages, dict(STORE)]
 
     def as_dict(self) -> dict:
-        return {"options": self.labels(), "score": "flap (bias-compensated)", "store": STORE,
+        return {"options": self.labels(), "score": "flap, kept columns refitted", "store": STORE,
                 "levels": LEVELS, "min_kept": MIN_KEPT}
 
 
@@ -157,18 +160,6 @@ def swapped(adapter: ModelAdapter, index: int, block: nn.Module) -> Iterator[Non
         yield
     finally:
         adapter.blocks[index] = original
-
-
-@contextlib.contextmanager
-def skipped(adapter: ModelAdapter, index: int) -> Iterator[None]:
-    """The model with block ``index`` passing its input through (its attributes stay, for the
-    families whose model reads them, e.g. a sliding-window attention type)."""
-    block = adapter.blocks[index]
-    block.forward = lambda *args, **kwargs: args[0] if args else kwargs["hidden_states"]
-    try:
-        yield
-    finally:
-        del block.forward
 
 
 def cut_copy(adapter: ModelAdapter, structure: Structure, index: int, cut: Cut) -> nn.Module:
@@ -260,16 +251,20 @@ def _str_keys(values: dict[int, float]) -> dict[str, float]:
 
 def measure_probes(adapter: ModelAdapter, structure: Structure, probe: torch.Tensor,
                    progress: bool = True) -> StructureProxies:
-    """Per block, the loss rise on ``probe`` with its probe cut and with it skipped (module docstring)."""
-    model = adapter.model
-    dense = window_losses(model, probe, progress=False).mean().item()
+    """Per block, the loss rise on ``probe`` with its probe cut and with it skipped (module
+    docstring). The dense states entering each block are kept, so a probe of block ``i`` runs
+    only the blocks from ``i`` on."""
+    ids = probe.to(adapter.device)
     cut = structure.probe_cut()
     probe_rise, drop_rise = {}, {}
-    for index in tqdm(range(adapter.num_blocks), desc="search: block probes", unit="block", disable=not progress):
-        with swapped(adapter, index, cut_copy(adapter, structure, index, cut)):
-            probe_rise[index] = window_losses(model, probe, progress=False).mean().item() - dense
-        with skipped(adapter, index):
-            drop_rise[index] = window_losses(model, probe, progress=False).mean().item() - dense
+    with torch.no_grad():
+        hidden, calls = capture_block_inputs(adapter, ids)
+        dense = tail_loss(adapter, hidden, calls, 0, ids)
+        for index in tqdm(range(adapter.num_blocks), desc="search: block probes", unit="block", disable=not progress):
+            with swapped(adapter, index, cut_copy(adapter, structure, index, cut)):
+                probe_rise[index] = tail_loss(adapter, hidden, calls, index, ids) - dense
+            drop_rise[index] = tail_loss(adapter, hidden, calls, index + 1, ids) - dense
+            hidden = run_block(adapter.blocks[index], hidden, calls[index], 1)
     energies = {i: structure.energy(i, cut) for i in probe_rise}
     overall = max(sum(probe_rise.values()), 0.0) / max(sum(energies.values()), 1e-30)
     sensitivity = {i: max(SHRINK * (rise / energies[i] if energies[i] > 0 else overall) + (1 - SHRINK) * overall,

@@ -89,7 +89,7 @@ def iter_block_stats(
         if Stat.BLOCK_COSINE in needs:
             stats.cosine = float(F.cosine_similarity(hidden.float().flatten(0, 1), output.float().flatten(0, 1), dim=-1).mean())
         if Stat.SKIP_LOSS in needs:
-            stats.skip_loss = _skip_loss(adapter, hidden, calls, index, ids, batch_size)
+            stats.skip_loss = tail_loss(adapter, hidden, calls, index + 1, ids, batch_size)  # block skipped
         yield index, stats
         residency.unload(index)
         hidden = output
@@ -114,10 +114,11 @@ def gradients(adapter: ModelAdapter, ids: torch.Tensor) -> dict[str, torch.Tenso
             param.requires_grad_(flags.get(name, True))
 
 
-def _skip_loss(adapter: ModelAdapter, hidden: torch.Tensor, calls: list, skipped: int, ids: torch.Tensor,
-               batch_size: int) -> float:
-    """Mean next-token NLL of ``ids`` when block ``skipped`` (entered by ``hidden``) is bypassed."""
-    for index in range(skipped + 1, adapter.num_blocks):
+def tail_loss(adapter: ModelAdapter, hidden: torch.Tensor, calls: list, start: int, ids: torch.Tensor,
+              batch_size: int = 1) -> float:
+    """Mean next-token NLL of ``ids`` with ``hidden`` entering block ``start`` and the blocks from
+    there on as the model holds them (``start == num_blocks``: only the final norm and head)."""
+    for index in range(start, adapter.num_blocks):
         hidden = run_block(adapter.blocks[index], hidden, calls[index], batch_size)
     logits = adapter.lm_head(adapter.final_norm(hidden))[:, :-1].float()
     return float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten().to(logits.device)))
