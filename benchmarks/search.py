@@ -205,7 +205,7 @@ def speed_table(row: dict) -> list[str]:
         "storage (PyTorch runs it as float). "
         "Options chosen by the solver on a latency table of block shapes timed on this machine and per-block loss "
         "probes; candidates measured on 16 held-out windows of WikiText-2 valid and timed beside the dense model (prefill "
-        f"of one 512-token window, median of 5, {threads} threads); the final model reloaded from its folder and timed "
+        f"of one 512-token window, 9 runs each right after a dense one, median of the 9 ratios, {threads} threads); the final model reloaded from its folder and timed "
         "again, and once more with 1 thread beside the dense model, as benchmarks/structured.py and the other "
         "single-method benchmarks time theirs (prefill of the first test window with the KV cache and last-token "
         "logits). 'beats all': lower perplexity and fewer bytes than each configuration whose measured speed-up reaches "

@@ -145,6 +145,14 @@ def compare_latency(
     }
 
 
+def paired_speedup(timed: Mapping[str, Latency], base: str, name: str) -> float:
+    """Median over the interleaved rounds of ``base``'s prefill time over ``name``'s in the same
+    round: a drift of the machine's speed during the runs (other jobs, clocks) cancels out of
+    each ratio, where the ratio of two medians keeps it."""
+    pairs = zip(timed[base].prefill_runs, timed[name].prefill_runs, strict=True)
+    return statistics.median(b / n for b, n in pairs)
+
+
 def measure_latency(model: nn.Module, ids: torch.Tensor, **kwargs) -> Latency:
     """:func:`compare_latency` for a single model."""
     return compare_latency({"model": model}, ids, **kwargs)["model"]
