@@ -13,7 +13,10 @@ from typer.testing import CliRunner
 
 import netslim.budget.run as run
 import netslim.budget.speed as speed
-from netslim.budget.structure import DROP, Cut, Structure, cut_copy, measure_probes, neuron_options, swapped
+from netslim.budget.budgets import parse_budget
+from netslim.budget.structure import (
+    DROP, Cut, LatencyTable, Structure, StructureProxies, cut_copy, measure_probes, neuron_options, swapped,
+)
 from netslim.cli import app
 from netslim.engine.sweep import iter_block_stats
 from netslim.job import Protocol
@@ -97,6 +100,35 @@ def test_block_probes_are_the_whole_model_loss_rises():
             finally:
                 del block.forward
             assert proxies.drop_rise[index] == pytest.approx(rise, abs=1e-5) and rise != 0
+
+
+def test_the_near_uniform_candidate_mixes_the_uniform_cut_with_the_next_lighter_one():
+    adapter = ModelAdapter.from_model(tiny_model("llama"))
+    structure = _structure(adapter)
+    names, blocks = structure.names, len(structure.names)
+    seconds = {c.label: 1.0 - 0.1 * c.units - c.neurons / 256 for c in structure.cuts} | {DROP: 0.0}
+    table = LatencyTable(seconds, fixed=0.5, dense=0.5 + blocks, threads=1, tokens=16)
+    uniform = lambda cut: table.fixed + blocks * seconds[cut.label]  # noqa: E731
+    energy = lambda cut: sum(structure.energy(i, cut) for i in range(blocks))  # noqa: E731
+    goal = table.fixed + blocks * 0.7
+    heavy, light = speed._uniform_cuts(structure, table, goal)
+    assert uniform(heavy) <= goal < uniform(light) and energy(light) < energy(heavy)
+    assert all(energy(c) >= energy(heavy) for c in structure.cuts if uniform(c) <= goal)
+    assert all(uniform(c) >= uniform(light) for c in structure.cuts if uniform(c) > goal and energy(c) < energy(heavy))
+    # a goal that leaves room for about half the blocks to take the lighter cut
+    goal = table.fixed + blocks * (0.45 * seconds[heavy.label] + 0.55 * seconds[light.label])
+    assert speed._uniform_cuts(structure, table, goal) == (heavy, light)
+    # removing blocks costs nothing here, so the free candidates drop them and the mixed one differs
+    sensitive = StructureProxies({i: 10.0 if i == 0 else 1.0 for i in range(blocks)}, dict.fromkeys(range(blocks), 0.0),
+                                 dict.fromkeys(range(blocks), 1.0))
+    measured = lambda choice, kind, label: {"label": label, "speedup": 2.0, "speedup_predicted": 2.0,  # noqa: E731
+                                            "_choice": choice}
+    points = speed._candidates(structure, sensitive, table, parse_budget("speedup=1.1x"), goal * speed.AIM,
+                               measured, None)
+    mixed = [p["_choice"] for p in points if p["label"] == f"allocation, {heavy.label} or {light.label}"]
+    assert len(mixed) == 1 and table.predict(mixed[0]) <= goal + 1e-9
+    assert sorted(set(mixed[0].values())) == sorted({heavy.label, light.label})
+    assert mixed[0][names[0]] == light.label  # the most sensitive block keeps more
 
 
 def test_speed_budget_from_the_command_line_and_resume(wide_folder, monkeypatch):

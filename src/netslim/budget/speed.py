@@ -11,7 +11,8 @@ The steps (each result kept in the cache, so an interrupted search resumes):
    says meets the budget;
 3. the solver (:mod:`netslim.budget.allocate`) picks one option per block with the smallest
    estimated loss under the latency budget, under three weightings of the block
-   sensitivities; each candidate is built with the recipe it replays as, measured on held-out
+   sensitivities, and once with every block restricted to the uniform cut or the next lighter
+   one; each candidate is built with the recipe it replays as, measured on held-out
    windows of the calibration text and timed beside the dense model; a candidate slower than
    measured to be needed tightens the budget by its measured over predicted time for the
    next one;
@@ -167,14 +168,27 @@ def _options(structure: Structure, proxies: StructureProxies, table: LatencyTabl
             for index, name in enumerate(structure.names)}
 
 
+def _uniform_cuts(structure: Structure, table: LatencyTable, goal: float) -> tuple[Cut | None, Cut | None]:
+    """The uniform width cut (the same in every block) of least energy that the latency table
+    says meets ``goal`` seconds, and the lighter one (less energy) closest to meeting it."""
+    blocks = len(structure.names)
+    predict = lambda c: table.fixed + blocks * table.blocks[c.label]  # noqa: E731
+    energy = lambda c: sum(structure.energy(i, c) for i in range(blocks))  # noqa: E731
+    fast = [c for c in structure.cuts if predict(c) <= goal]
+    if not fast:
+        return None, None
+    heavy = min(fast, key=energy)
+    lighter = [c for c in structure.cuts if predict(c) > goal and energy(c) < energy(heavy)]
+    return heavy, min(lighter, key=predict, default=None)
+
+
 def _baselines(structure: Structure, proxies: StructureProxies, table: LatencyTable, goal: float):
     """(label, choice) of the single-method baselines: the least uniform width cut, and the
     fewest cheapest blocks removed, that the latency table says meet ``goal`` seconds."""
     names = structure.names
-    width = sorted((c for c in structure.cuts if table.fixed + len(names) * table.blocks[c.label] <= goal),
-                   key=lambda c: sum(structure.energy(i, c) for i in range(len(names))))
-    if width:
-        yield f"width {width[0].label} (uniform)", {n: width[0].label for n in names}
+    heavy, _ = _uniform_cuts(structure, table, goal)
+    if heavy is not None:
+        yield f"width {heavy.label} (uniform)", {n: heavy.label for n in names}
     dense = Cut(0, 0).label
     order = sorted(range(len(names)), key=lambda i: proxies.drop_rise[i])
     for count in range(1, len(names)):
@@ -190,31 +204,37 @@ def _candidates(structure: Structure, proxies: StructureProxies, table: LatencyT
     points: list[dict] = []
     seen: set[str] = set()
 
-    def solve(weighting: float, seconds: float) -> dict[str, str] | None:
+    def solve(weighting: float, seconds: float, labels: set[str] | None = None) -> dict[str, str] | None:
+        options = _options(structure, proxies, table, weighting)
+        if labels is not None:
+            options = {name: [o for o in offered if o.label in labels] for name, offered in options.items()}
         try:
-            allocation = allocate(_options(structure, proxies, table, weighting), minimize="error",
-                                  max_latency=seconds - table.fixed)
+            allocation = allocate(options, minimize="error", max_latency=seconds - table.fixed)
         except ConfigError:
             return None
         return allocation.choice
 
+    def add(choice: dict[str, str] | None, label: str) -> bool:
+        if choice is None or choice_key(choice) in seen:
+            return False
+        seen.add(choice_key(choice))
+        points.append(measure(choice, "candidate", label))
+        return True
+
     for weighting in WEIGHTINGS:
         if late(deadline) and points:
             return points
-        choice = solve(weighting, goal / AIM)
-        if choice is not None and choice_key(choice) not in seen:
-            seen.add(choice_key(choice))
-            points.append(measure(choice, "candidate", f"allocation, sensitivity^{weighting:g}"))
+        add(solve(weighting, goal / AIM), f"allocation, sensitivity^{weighting:g}")
+    heavy, light = _uniform_cuts(structure, table, goal / AIM)
+    if light is not None and not late(deadline):  # near uniform: every block takes one of the two
+        add(solve(1.0, goal / AIM, {heavy.label, light.label}), f"allocation, {heavy.label} or {light.label}")
     for step in range(REFINE):
         if late(deadline) or not points or any(p["speedup"] >= target.value for p in points[-len(seen):]):
             break
         last = points[-1]  # too slow as measured: tighten by how far its prediction was off
-        seconds = goal / AIM * last["speedup"] / last["speedup_predicted"]
-        choice = solve(1.0, seconds)
-        if choice is None or choice_key(choice) in seen:
+        if not add(solve(1.0, goal / AIM * last["speedup"] / last["speedup_predicted"]),
+                   f"allocation, tightened {step + 1}"):
             break
-        seen.add(choice_key(choice))
-        points.append(measure(choice, "candidate", f"allocation, tightened {step + 1}"))
     return points
 
 
