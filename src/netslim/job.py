@@ -40,6 +40,7 @@ from netslim.graph.plan import SlimPlan
 from netslim.methods.base import FLOAT, MethodConfig, Scope
 from netslim.methods.preflight import check_recipe, check_seqlen, meta_adapter, model_shape
 from netslim.models.adapter import ModelAdapter
+from netslim.models.folder import LoadedModel
 from netslim.models.lazy import checkpoint_bytes
 from netslim.models.loading import NETSLIM_MARKER, cache_dir, checkpoint_folder, load_model, read_model_config
 from netslim.models.tasks import ModelTask, is_task_model, load_task
@@ -232,10 +233,34 @@ def _language_run(source: str, stages: list[MethodConfig], protocol: Protocol, p
     checkpoints = _checkpoint_dir(out) if out is not None and world_size() == 1 else None
     result = compress(lm, stages, windows, progress=progress, checkpoint_dir=checkpoints, held_out=protocol.eval,
                       batch_size=execution.batch_size)
-    check_finite(lm.model, "the compressed model")
-    if out is not None:  # measure exactly the values the folder will hold (fp16 beside quantized layers)
-        round_for_storage(result.model, format=storage_format)
-    after = evaluate(lm, **evaluation)
+    _report(result, source, baseline, protocol, execution, progress, rounded=storage_format if out is not None else None)
+    return result
+
+
+def finish_job(source: str, dense: LoadedModel, result: CompressionResult, out: str | os.PathLike,
+               protocol: Protocol = Protocol(), execution: Execution = Execution(), progress: bool = True) -> None:
+    """Evaluate and write, as :func:`compress_job` would, a causal LM already compressed from
+    ``dense`` (a copy of ``source``) with ``protocol``'s calibration windows: a search's chosen
+    candidate becomes its output without compressing it a second time.
+
+    Raises:
+        NetslimError: when the compressed model's weights or outputs are not finite.
+    """
+    baseline = evaluate(dense, data=protocol.eval, seqlen=protocol.seqlen, windows=protocol.eval_windows,
+                        progress=progress, batch_size=execution.batch_size)
+    _report(result, source, baseline, protocol, execution, progress, rounded="auto")
+    save(result, out)
+
+
+def _report(result: CompressionResult, source: str, baseline, protocol: Protocol, execution: Execution,
+            progress: bool, rounded: str | None) -> None:
+    """Measure the compressed causal LM as the baseline was measured and attach its report;
+    ``rounded``: the storage format whose values are measured (``None``: the model as it is)."""
+    check_finite(result.model, "the compressed model")
+    if rounded is not None:  # measure exactly the values the folder will hold (fp16 beside quantized layers)
+        round_for_storage(result.model, format=rounded)
+    after = evaluate(LoadedModel(result.model, result.tokenizer, source), data=protocol.eval, seqlen=protocol.seqlen,
+                     windows=protocol.eval_windows, progress=progress, batch_size=execution.batch_size)
     result.report = Report(
         kind="causal_lm",
         model=source,
@@ -249,7 +274,6 @@ def _language_run(source: str, stages: list[MethodConfig], protocol: Protocol, p
         layers=[record.as_dict() for record in result.layers],
         recovery=result.recovery,
     )
-    return result
 
 
 def _check_texts(stages: list[MethodConfig], protocol: Protocol):

@@ -9,8 +9,10 @@ import sys
 import pytest
 import torch
 import transformers as T
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+import netslim.budget.common as common
 import netslim.budget.run as run
 import netslim.budget.speed as speed
 from netslim.budget.budgets import parse_budget
@@ -19,7 +21,7 @@ from netslim.budget.structure import (
 )
 from netslim.cli import app
 from netslim.engine.sweep import iter_block_stats
-from netslim.job import Protocol
+from netslim.job import Protocol, compress_job
 from netslim.models.adapter import ModelAdapter
 from netslim.recovery.teacher import window_losses
 from tiny_models import char_tokenizer, eval_text_beside, random_windows, tiny_model
@@ -134,9 +136,11 @@ def test_the_near_uniform_candidate_mixes_the_uniform_cut_with_the_next_lighter_
 def test_speed_budget_from_the_command_line_and_resume(wide_folder, monkeypatch):
     folder, protocol, tmp_path = wide_folder
     out = tmp_path / "fast"
-    result = CliRunner().invoke(app, ["search", folder, "--budget", "speedup=1.1x", "--out", str(out),
-                                      "--calib", protocol.calib, "--calib-windows", "4", "--seqlen", "128",
-                                      "--eval", protocol.eval, "--eval-windows", "2"])
+    with monkeypatch.context() as patch:  # the chosen candidate is written as its measurement built it
+        patch.setattr(common, "compress_job", lambda *a, **k: pytest.fail("the chosen model was compressed again"))
+        result = CliRunner().invoke(app, ["search", folder, "--budget", "speedup=1.1x", "--out", str(out),
+                                          "--calib", protocol.calib, "--calib-windows", "4", "--seqlen", "128",
+                                          "--eval", protocol.eval, "--eval-windows", "2"])
     assert result.exit_code == 0, result.output
     pareto = json.loads((out / "pareto.json").read_text())
     chosen, final = pareto["chosen"], pareto["final"]
@@ -155,6 +159,11 @@ def test_speed_budget_from_the_command_line_and_resume(wide_folder, monkeypatch)
                               check=True)
     layers, vocab = json.loads(reloaded.stdout.splitlines()[-1])
     assert layers == 4 - sum(1 for s in recipe if s["method"] == "depth" for _ in s["remove"]) and vocab == 128
+    # ... and is the model its recipe replays to: the same tensors and perplexity as compress_job's
+    compress_job(folder, chosen["recipe"], tmp_path / "replayed", protocol, progress=False)
+    written, replayed = _tensors(out / "model"), _tensors(tmp_path / "replayed")
+    assert written and written.keys() == replayed.keys() and all(torch.equal(written[k], replayed[k]) for k in written)
+    assert json.loads((tmp_path / "replayed" / "report.json").read_text())["compressed"]["ppl"] == final["ppl"]
 
     def never(*args, **kwargs):
         raise AssertionError("resumed work was done again")
@@ -163,6 +172,10 @@ def test_speed_budget_from_the_command_line_and_resume(wide_folder, monkeypatch)
         monkeypatch.setattr(speed, name, never)
     again = run.search(folder, "speedup=1.1x", tmp_path / "again", protocol, progress=False)
     assert again.chosen == {k: v for k, v in chosen.items()}
+
+
+def _tensors(folder) -> dict[str, torch.Tensor]:
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
 def test_a_mixture_of_experts_is_refused_before_work(tiny_folder, tmp_path, monkeypatch):

@@ -16,9 +16,10 @@ The steps (each result kept in the cache, so an interrupted search resumes):
    windows of the calibration text and timed beside the dense model; a candidate slower than
    measured to be needed tightens the budget by its measured over predicted time for the
    next one;
-4. the fastest-enough candidate with the lowest loss is compressed for real with
-   ``compress_job``, evaluated on the evaluation text, reloaded from its folder and timed
-   beside the dense model again.
+4. the fastest-enough candidate with the lowest loss is evaluated on the evaluation text and
+   written as ``compress_job`` writes its output (the model its measurement built is kept for
+   that; a resumed search that no longer holds it compresses it again with ``compress_job``),
+   reloaded from its folder and timed beside the dense model again.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from netslim.api import compress, peak_rss_bytes
+from netslim.api import CompressionResult, compress, peak_rss_bytes
 from netslim.budget.allocate import Option, allocate
 from netslim.budget.budgets import Budget
 from netslim.budget.common import (
@@ -90,10 +91,21 @@ def search_speed(setup: Setup, target: Budget, out, overwrite: bool) -> tuple[Pa
         adapter, structure, verify[:PROBE_WINDOWS], progress).as_dict()))
     dense_nll = state.dense(lambda: model_nll(model, verify, progress))
     names = structure.names
+    best: dict = {}  # the lowest-loss candidate built in this run that met the budget, kept to be the output
 
     def measure(choice: dict[str, str], kind: str, label: str) -> dict:
         recipe = structure.recipe(choice)
-        point = state.point(choice, lambda: _measured(setup, recipe, window))
+        built: list[CompressionResult] = []
+
+        def build() -> dict:
+            figures, result = _measured(setup, recipe, window)
+            built.append(result)
+            return figures
+
+        point = state.point(choice, build)
+        rank = (point["nll"], point["latency_s"])
+        if built and point["speedup"] >= target.value and rank < best.get("rank", (math.inf, math.inf)):
+            best.update(rank=rank, key=choice_key(choice), result=built[0])
         predicted = table.predict(choice)
         entry = {"label": label, "kind": kind, "bytes": point["bytes"], "nll": point["nll"],
                  "loss_rise": point["nll"] - dense_nll, "ppl_ratio": math.exp(point["nll"] - dense_nll),
@@ -113,7 +125,9 @@ def search_speed(setup: Setup, target: Budget, out, overwrite: bool) -> tuple[Pa
     points += _candidates(structure, proxies, table, target, goal, measure, setup.deadline)
     chosen = _choose(target, points)
 
-    model_dir, report = final_model(setup, state, chosen)
+    kept = best.get("result") if best.get("key") == choice_key(chosen["_choice"]) else None
+    best.clear()
+    model_dir, report = final_model(setup, state, chosen, kept)
     timed = compare_latency({"dense": model, "final": load(model_dir).model.eval()}, window, new_tokens=0,
                             repeats=REPEATS)
     speedup = paired_speedup(timed, "dense", "final")
@@ -146,11 +160,13 @@ def search_speed(setup: Setup, target: Budget, out, overwrite: bool) -> tuple[Pa
     return (None if out is None else Path(out)), public(chosen), pareto
 
 
-def _measured(setup: Setup, recipe: list[dict], window: torch.Tensor) -> dict:
-    """Build ``recipe`` on a copy of the dense model as the final compression will, and measure
-    its loss on the held-out windows, its prefill beside the dense model's and its stored bytes."""
-    candidate = copy.deepcopy(setup.lm.model)
-    result = compress(candidate, recipe, setup.windows, progress=False, batch_size=setup.execution.batch_size)
+def _measured(setup: Setup, recipe: list[dict], window: torch.Tensor) -> tuple[dict, CompressionResult]:
+    """Build ``recipe`` on a copy of the dense model as the final compression would, and measure
+    its loss on the held-out windows, its prefill beside the dense model's and its stored bytes;
+    returns the figures and the built model."""
+    result = compress(replace(setup.lm, model=copy.deepcopy(setup.lm.model)), recipe, setup.windows, progress=False,
+                      batch_size=setup.execution.batch_size)
+    candidate = result.model
     nll = model_nll(candidate, setup.verify, setup.progress)
     timed = compare_latency({"dense": setup.lm.model, "candidate": candidate}, window, new_tokens=0, repeats=REPEATS)
     with tempfile.TemporaryDirectory(prefix="netslim-candidate-") as folder:
@@ -158,7 +174,7 @@ def _measured(setup: Setup, recipe: list[dict], window: torch.Tensor) -> dict:
         marker = json.loads((Path(folder) / "model" / NETSLIM_MARKER).read_text(encoding="utf-8"))
     stored = marker["storage"]["summary"]["tensor_bytes"]
     return {"nll": nll, "latency_s": timed["candidate"].prefill_s, "dense_latency_s": timed["dense"].prefill_s,
-            "speedup": paired_speedup(timed, "dense", "candidate"), "bytes": stored}
+            "speedup": paired_speedup(timed, "dense", "candidate"), "bytes": stored}, result
 
 
 def _options(structure: Structure, proxies: StructureProxies, table: LatencyTable, weighting: float = 1.0,
