@@ -90,7 +90,8 @@ def render_speed_report(pareto: dict) -> str:
         f"Chosen: **{best['label']}** ({', '.join(f'{n} {label}' for label, n in best['choice'].items())}; "
         "u: attention units removed, n: MLP neurons removed, drop: block removed).",
         "",
-        f"Compressed for real (recipe in `model/recipe.yaml`): perplexity {final['ppl']:.3f} on {protocol['eval']} "
+        f"The model written (its recipe, `model/recipe.yaml`, replays to its tensors): "
+        f"perplexity {final['ppl']:.3f} on {protocol['eval']} "
         f"against {final['dense_ppl']:.3f} dense (x{final['ppl_ratio']:.4f}); prefill x{final['speedup']:.3f} "
         f"faster than dense as reloaded from its folder ({'meets' if final['speedup_met'] else 'MISSES'} the budget); "
         f"{final['bytes_on_disk']:,} bytes on disk; compression {final['compress_seconds']:.0f} s, "
