@@ -103,9 +103,8 @@ def search_speed(setup: Setup, target: Budget, out, overwrite: bool) -> tuple[Pa
             return figures
 
         point = state.point(choice, build)
-        rank = (point["nll"], point["latency_s"])
-        if built and point["speedup"] >= target.value and rank < best.get("rank", (math.inf, math.inf)):
-            best.update(rank=rank, key=choice_key(choice), result=built[0])
+        if built and point["speedup"] >= target.value and _rank(point) < best.get("rank", (math.inf, math.inf)):
+            best.update(rank=_rank(point), key=choice_key(choice), result=built[0])
         predicted = table.predict(choice)
         entry = {"label": label, "kind": kind, "bytes": point["bytes"], "nll": point["nll"],
                  "loss_rise": point["nll"] - dense_nll, "ppl_ratio": math.exp(point["nll"] - dense_nll),
@@ -260,4 +259,9 @@ def _choose(target: Budget, points: list[dict]) -> dict:
         best = max(points, key=lambda p: p["speedup"])
         raise NetslimError(f"no measured model met {target.text} (the fastest was x{best['speedup']:.3f}); "
                            "lower the speed-up, or run the search on a quieter machine")
-    return min(fast, key=lambda p: (p["nll"], p["latency_s"]))
+    return min(fast, key=_rank)
+
+
+def _rank(point: dict) -> tuple[float, float]:
+    """Preference among points that meet the budget: the lowest loss, then the fastest."""
+    return point["nll"], point["latency_s"]
