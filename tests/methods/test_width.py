@@ -163,6 +163,26 @@ def test_opt_uniform_result_needs_netslim_load_and_round_trips(tmp_path, token_w
     torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits)
 
 
+def test_a_head_count_the_config_class_refuses_keeps_the_config_and_reloads(tmp_path, token_windows):
+    """Llama's config wants hidden_size to be a multiple of the head count (head_dim given or
+    not): 8 heads of 32 in 4 groups, one group removed, leaves 6, which 256 is not a multiple of."""
+    from transformers import LlamaConfig  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(
+        hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4,
+        vocab_size=128, max_position_embeddings=64)).eval()
+    result = netslim.compress(model, netslim.WidthConfig(block_units=(1, 1), block_neurons=(64, 64), score="wanda"),
+                              calibration=token_windows, progress=False)
+    adapter = ModelAdapter.from_model(model)
+    assert all(surgery.head_counts(adapter, i) == (6, 3) for i in range(2))
+    assert (model.config.num_attention_heads, model.config.intermediate_size) == (8, 256)  # as it was
+    netslim.save(result, tmp_path / "out")
+    logits = logits_in_a_new_process([tmp_path / "out"], IDS, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(logits[str(tmp_path / "out")], model(IDS).logits)
+
+
 def test_bad_settings_and_families_fail_clearly(token_windows):
     with pytest.raises(ConfigError):
         netslim.compress(tiny_model("llama"), {"method": "width", "ratio": 1.5}, calibration=token_windows)

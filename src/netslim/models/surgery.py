@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -157,18 +158,38 @@ def remove_blocks(adapter: ModelAdapter, indices: Sequence[int]) -> None:
 
 
 def sync_config(adapter: ModelAdapter) -> bool:
-    """Write uniform head counts and MLP width into the config; return whether they were uniform.
+    """Write uniform head counts and MLP width into the config; return whether they were written.
 
-    When blocks differ, the config keeps its original sizes and ``netslim.load`` rebuilds the
-    modules from the saved shapes and ``netslim_attrs``.
+    When blocks differ, or when the config class refuses the new sizes (Llama's, for one,
+    wants the hidden size to be a multiple of the head count even with ``head_dim`` given),
+    the config keeps its original sizes and ``netslim.load`` rebuilds the modules from the
+    saved shapes and ``netslim_attrs``.
     """
     spec = adapter.spec
     sizes = {(*head_counts(adapter, i), intermediate_size(adapter, i)) for i in range(adapter.num_blocks)}
     if len(sizes) != 1 or spec.head_dim_attr is None or spec.num_kv_heads_attr is None:
         return False
-    (n_q, n_kv, inter), config = sizes.pop(), adapter.config
-    setattr(config, spec.head_dim_attr, adapter.head_dim)  # pin before the head count changes
-    setattr(config, spec.num_heads_attr, n_q)
-    setattr(config, spec.num_kv_heads_attr, n_kv)
-    setattr(config, spec.intermediate_attr, inter)
+    n_q, n_kv, inter = sizes.pop()
+    values = {spec.head_dim_attr: adapter.head_dim,  # pinned: the head count changes
+              spec.num_heads_attr: n_q, spec.num_kv_heads_attr: n_kv, spec.intermediate_attr: inter}
+    trial = copy.deepcopy(adapter.config)
+    for attr, value in values.items():
+        setattr(trial, attr, value)
+    if not _valid_config(trial):
+        return False
+    for attr, value in values.items():
+        setattr(adapter.config, attr, value)
+    return True
+
+
+def _valid_config(config) -> bool:
+    """Whether the config passes its class's own validation (what ``save_pretrained`` and
+    ``from_pretrained`` run); configs without one pass."""
+    validate = getattr(config, "validate", None)
+    if not callable(validate):
+        return True
+    try:
+        validate()
+    except Exception:  # noqa: BLE001 (transformers raises ValueError or huggingface_hub's StrictDataclassError)
+        return False
     return True
