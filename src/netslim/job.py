@@ -237,21 +237,6 @@ def _language_run(source: str, stages: list[MethodConfig], protocol: Protocol, p
     return result
 
 
-def finish_job(source: str, dense: LoadedModel, result: CompressionResult, out: str | os.PathLike,
-               protocol: Protocol = Protocol(), execution: Execution = Execution(), progress: bool = True) -> None:
-    """Evaluate and write, as :func:`compress_job` would, a causal LM already compressed from
-    ``dense`` (a copy of ``source``) with ``protocol``'s calibration windows: a search's chosen
-    candidate becomes its output without compressing it a second time.
-
-    Raises:
-        NetslimError: when the compressed model's weights or outputs are not finite.
-    """
-    baseline = evaluate(dense, data=protocol.eval, seqlen=protocol.seqlen, windows=protocol.eval_windows,
-                        progress=progress, batch_size=execution.batch_size)
-    _report(result, source, baseline, protocol, execution, progress, rounded="auto")
-    save(result, out)
-
-
 def _report(result: CompressionResult, source: str, baseline, protocol: Protocol, execution: Execution,
             progress: bool, rounded: str | None) -> None:
     """Measure the compressed causal LM as the baseline was measured and attach its report;

@@ -1,6 +1,7 @@
 """netslim search --budget speedup=...: the structural space, its latency table, and a search
 on a small Llama whose blocks dominate its prefill."""
 
+import copy
 import json
 import math
 import subprocess
@@ -12,7 +13,7 @@ import transformers as T
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import netslim.budget.common as common
+import netslim
 import netslim.budget.run as run
 import netslim.budget.speed as speed
 from netslim.budget.budgets import parse_budget
@@ -84,6 +85,38 @@ def test_a_cut_copy_leaves_the_model_alone():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_a_candidate_is_cut_and_refitted_from_the_dense_statistics_alone():
+    model = tiny_model("llama")
+    adapter = ModelAdapter.from_model(model)
+    windows = random_windows(4, 32)
+    structure = Structure.measure(adapter, lambda needs, **kw: iter_block_stats(adapter, windows, needs, **kw))
+    first, second = structure.names
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    built = {}
+    for later in (DROP, "u0 n16"):
+        choice = {first: "u1 n32", second: later}
+        candidate, replayed = copy.deepcopy(model), copy.deepcopy(model)
+        rest = structure.build(ModelAdapter.from_model(candidate), choice)
+        assert [stage["method"] for stage in rest] == (["depth", "rtn"] if later == DROP else ["rtn"])
+        if rest[:-1]:  # the blocks to remove (the stored grid left out on both sides)
+            netslim.compress(candidate, rest[:-1], windows, progress=False)
+        # the final compression: the recipe, which refits each block on the cut model's states
+        netslim.compress(replayed, structure.recipe(choice)[:-1], windows, progress=False)
+        assert {k: v.shape for k, v in candidate.state_dict().items()} == {k: v.shape for k, v in replayed.state_dict().items()}
+        built[later] = candidate, replayed
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    candidate, replayed = built[DROP]
+    assert len(candidate.model.layers) == 1
+    # block 0 sees the same states in both, so the dense statistics give it the recipe's refit
+    for path in ("self_attn.o_proj", "mlp.down_proj"):
+        a, b = candidate.model.layers[0].get_submodule(path), replayed.model.layers[0].get_submodule(path)
+        assert torch.allclose(a.weight, b.weight, atol=1e-5) and torch.allclose(a.bias, b.bias, atol=1e-5), path
+    # block 1 is refitted on the dense states here, on those of the cut block 0 by the recipe
+    candidate, replayed = built["u0 n16"]
+    a, b = candidate.model.layers[1].mlp.down_proj, replayed.model.layers[1].mlp.down_proj
+    assert a.weight.shape == b.weight.shape and not torch.allclose(a.weight, b.weight, atol=1e-5)
+
+
 def test_block_probes_are_the_whole_model_loss_rises():
     model = tiny_model("llama")
     adapter = ModelAdapter.from_model(model)
@@ -104,7 +137,7 @@ def test_block_probes_are_the_whole_model_loss_rises():
             assert proxies.drop_rise[index] == pytest.approx(rise, abs=1e-5) and rise != 0
 
 
-def test_the_near_uniform_candidate_mixes_the_uniform_cut_with_the_next_lighter_one():
+def test_uniform_baselines_one_per_head_count_and_the_near_uniform_candidate_around_the_best():
     adapter = ModelAdapter.from_model(tiny_model("llama"))
     structure = _structure(adapter)
     names, blocks = structure.names, len(structure.names)
@@ -113,20 +146,36 @@ def test_the_near_uniform_candidate_mixes_the_uniform_cut_with_the_next_lighter_
     uniform = lambda cut: table.fixed + blocks * seconds[cut.label]  # noqa: E731
     energy = lambda cut: sum(structure.energy(i, cut) for i in range(blocks))  # noqa: E731
     goal = table.fixed + blocks * 0.7
-    heavy, light = speed._uniform_cuts(structure, table, goal)
-    assert uniform(heavy) <= goal < uniform(light) and energy(light) < energy(heavy)
-    assert all(energy(c) >= energy(heavy) for c in structure.cuts if uniform(c) <= goal)
+    cuts = speed._uniform_cuts(structure, table, goal)
+    # every head count that has a fast enough cut, each with the fewest neurons that is
+    assert [c.units for c in cuts] == sorted({c.units for c in structure.cuts if uniform(c) <= goal})
+    for cut in cuts:
+        assert uniform(cut) <= goal
+        assert all(uniform(c) > goal for c in structure.cuts if c.units == cut.units and c.neurons < cut.neurons)
+    labels = [label for label, _ in speed._baselines(structure, StructureProxies({}, dict.fromkeys(range(blocks), 0.0),
+                                                                                 {}), table, goal)]
+    assert labels[:len(cuts)] == [f"width {c.label} (uniform)" for c in cuts] and labels[-1].startswith("depth")
+    # the best measured uniform cut among those fast enough
+    target = parse_budget("speedup=1.1x")
+    point = lambda cut, nll, speedup: {"_choice": {n: cut.label for n in names}, "nll": nll,  # noqa: E731
+                                       "latency_s": 1.0, "speedup": speedup}
+    measured = [point(cuts[0], 3.0, 1.2), point(cuts[1], 2.0, 1.2), point(cuts[-1], 1.0, 1.05)]
+    assert speed._best_uniform(target, measured) == cuts[1]  # the lowest loss of those meeting the budget
+    assert speed._best_uniform(target, measured[2:]) is None
+    heavy = cuts[1]
+    light = speed._lighter_cut(structure, table, goal, heavy)
+    assert uniform(light) > goal and energy(light) < energy(heavy)
     assert all(uniform(c) >= uniform(light) for c in structure.cuts if uniform(c) > goal and energy(c) < energy(heavy))
-    # a goal that leaves room for about half the blocks to take the lighter cut
+    # a goal that leaves room for about half the blocks to take a lighter cut
     goal = table.fixed + blocks * (0.45 * seconds[heavy.label] + 0.55 * seconds[light.label])
-    assert speed._uniform_cuts(structure, table, goal) == (heavy, light)
+    light = speed._lighter_cut(structure, table, goal, heavy)
+    assert uniform(heavy) <= goal < uniform(light) and energy(light) < energy(heavy)
     # removing blocks costs nothing here, so the free candidates drop them and the mixed one differs
     sensitive = StructureProxies({i: 10.0 if i == 0 else 1.0 for i in range(blocks)}, dict.fromkeys(range(blocks), 0.0),
                                  dict.fromkeys(range(blocks), 1.0))
-    measured = lambda choice, kind, label: {"label": label, "speedup": 2.0, "speedup_predicted": 2.0,  # noqa: E731
-                                            "_choice": choice}
-    points = speed._candidates(structure, sensitive, table, parse_budget("speedup=1.1x"), goal * speed.AIM,
-                               measured, None)
+    measure = lambda choice, kind, label: {"label": label, "speedup": 2.0, "speedup_predicted": 2.0,  # noqa: E731
+                                           "_choice": choice}
+    points = speed._candidates(structure, sensitive, table, target, goal * speed.AIM, heavy, measure, None)
     mixed = [p["_choice"] for p in points if p["label"] == f"allocation, {heavy.label} or {light.label}"]
     assert len(mixed) == 1 and table.predict(mixed[0]) <= goal + 1e-9
     assert sorted(set(mixed[0].values())) == sorted({heavy.label, light.label})
@@ -136,11 +185,9 @@ def test_the_near_uniform_candidate_mixes_the_uniform_cut_with_the_next_lighter_
 def test_speed_budget_from_the_command_line_and_resume(wide_folder, monkeypatch):
     folder, protocol, tmp_path = wide_folder
     out = tmp_path / "fast"
-    with monkeypatch.context() as patch:  # the chosen candidate is written as its measurement built it
-        patch.setattr(common, "compress_job", lambda *a, **k: pytest.fail("the chosen model was compressed again"))
-        result = CliRunner().invoke(app, ["search", folder, "--budget", "speedup=1.1x", "--out", str(out),
-                                          "--calib", protocol.calib, "--calib-windows", "4", "--seqlen", "128",
-                                          "--eval", protocol.eval, "--eval-windows", "2"])
+    result = CliRunner().invoke(app, ["search", folder, "--budget", "speedup=1.1x", "--out", str(out),
+                                      "--calib", protocol.calib, "--calib-windows", "4", "--seqlen", "128",
+                                      "--eval", protocol.eval, "--eval-windows", "2"])
     assert result.exit_code == 0, result.output
     pareto = json.loads((out / "pareto.json").read_text())
     chosen, final = pareto["chosen"], pareto["final"]

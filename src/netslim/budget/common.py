@@ -13,13 +13,12 @@ from typing import Any
 
 import torch
 
-from netslim.api import CompressionResult
 from netslim.budget.outputs import render_pareto
 from netslim.data.windows import TokenWindows
 from netslim.engine.checkpoint import job_fingerprint
 from netslim.engine.execution import Execution
 from netslim.export.atomic import atomic_folder
-from netslim.job import Protocol, compress_job, finish_job
+from netslim.job import Protocol, compress_job
 from netslim.models.adapter import ModelAdapter
 from netslim.models.folder import LoadedModel
 from netslim.models.loading import cache_dir
@@ -53,19 +52,14 @@ class Setup:
     verify_source: str = ""
 
 
-def final_model(setup: Setup, state: State, chosen: dict, built: CompressionResult | None = None) -> tuple[Path, dict]:
+def final_model(setup: Setup, state: State, chosen: dict) -> tuple[Path, dict]:
     """The chosen point compressed for real from the model's source (``compress_job``, with
-    the final evaluation), cached; returns its folder and report. ``built``: the chosen point
-    as its measurement already compressed it from the model in memory with the job's
-    calibration windows: then only evaluated and written (``finish_job``)."""
+    the final evaluation), cached; returns its folder and report."""
     model_dir = state.folder / "models" / choice_key(chosen["_choice"])
     if not (model_dir / "report.json").is_file():
         start = time.monotonic()
-        if built is not None:
-            finish_job(setup.model, setup.lm, built, model_dir, setup.protocol, setup.execution, setup.progress)
-        else:
-            compress_job(setup.model, chosen["recipe"], model_dir, setup.protocol, overwrite=False,
-                         progress=setup.progress, execution=replace(setup.execution, offload=False))
+        compress_job(setup.model, chosen["recipe"], model_dir, setup.protocol, overwrite=False,
+                     progress=setup.progress, execution=replace(setup.execution, offload=False))
         state.data.setdefault("seconds", {})[f"model {model_dir.name}"] = time.monotonic() - start
         state.save()
     return model_dir, json.loads((model_dir / "report.json").read_text(encoding="utf-8"))

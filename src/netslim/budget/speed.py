@@ -3,23 +3,27 @@ least that much faster than the dense model's, measured on this machine in PyTor
 
 The steps (each result kept in the cache, so an interrupted search resumes):
 
-1. one sweep of the dense model scores every block's attention units and MLP neurons (FLAP);
-   every block shape of the space is timed (:func:`netslim.budget.structure.latency_table`)
-   and each block is probed for its sensitivity and for the cost of removing it;
-2. two single-method baselines are measured: the same width cut in every block, and depth
-   alone (the blocks whose removal costs least), each the smallest that the latency table
-   says meets the budget;
+1. one sweep of the dense model scores every block's attention units and MLP neurons (FLAP)
+   and keeps the statistics every cut is refitted by; every block shape of the space is
+   timed (:func:`netslim.budget.structure.latency_table`) and each block is probed for its
+   sensitivity and for the cost of removing it;
+2. single-method baselines are measured: the same width cut in every block, for each number
+   of attention units it removes the one removing fewest neurons that the latency table says
+   meets the budget (FLAP's energies do not weigh heads against neurons well enough to pick
+   one of them unmeasured), and depth alone (the blocks whose removal costs least);
 3. the solver (:mod:`netslim.budget.allocate`) picks one option per block with the smallest
    estimated loss under the latency budget, under three weightings of the block
-   sensitivities, and once with every block restricted to the uniform cut or the next lighter
-   one; each candidate is built with the recipe it replays as, measured on held-out
-   windows of the calibration text and timed beside the dense model; a candidate slower than
-   measured to be needed tightens the budget by its measured over predicted time for the
-   next one;
-4. the fastest-enough candidate with the lowest loss is evaluated on the evaluation text and
-   written as ``compress_job`` writes its output (the model its measurement built is kept for
-   that; a resumed search that no longer holds it compresses it again with ``compress_job``),
-   reloaded from its folder and timed beside the dense model again.
+   sensitivities, and once with every block restricted to the best measured uniform cut or
+   the next lighter one; each candidate is cut from a copy of the dense model with every block refitted on
+   the dense statistics (no forward over the calibration windows: seconds, where compressing
+   it takes a calibration pass), measured on held-out windows of the calibration text and
+   timed beside the dense model; a candidate slower than measured to be needed tightens the
+   budget by its measured over predicted time for the next one;
+4. the fastest-enough candidate with the lowest loss is compressed by ``compress_job`` with
+   its recipe (the candidate's shapes, so its speed and bytes; its width stage refits each
+   kept block on the states that reach it in the cut model, so the loss differs a little),
+   evaluated on the evaluation text, reloaded from its folder and timed beside the dense
+   model again.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from netslim.api import CompressionResult, compress, peak_rss_bytes
+from netslim.api import compress, peak_rss_bytes
 from netslim.budget.allocate import Option, allocate
 from netslim.budget.budgets import Budget
 from netslim.budget.common import (
@@ -91,20 +95,10 @@ def search_speed(setup: Setup, target: Budget, out, overwrite: bool) -> tuple[Pa
         adapter, structure, verify[:PROBE_WINDOWS], progress).as_dict()))
     dense_nll = state.dense(lambda: model_nll(model, verify, progress))
     names = structure.names
-    best: dict = {}  # the lowest-loss candidate built in this run that met the budget, kept to be the output
 
     def measure(choice: dict[str, str], kind: str, label: str) -> dict:
         recipe = structure.recipe(choice)
-        built: list[CompressionResult] = []
-
-        def build() -> dict:
-            figures, result = _measured(setup, recipe, window)
-            built.append(result)
-            return figures
-
-        point = state.point(choice, build)
-        if built and point["speedup"] >= target.value and _rank(point) < best.get("rank", (math.inf, math.inf)):
-            best.update(rank=_rank(point), key=choice_key(choice), result=built[0])
+        point = state.point(choice, lambda: _measured(setup, structure, choice, window))
         predicted = table.predict(choice)
         entry = {"label": label, "kind": kind, "bytes": point["bytes"], "nll": point["nll"],
                  "loss_rise": point["nll"] - dense_nll, "ppl_ratio": math.exp(point["nll"] - dense_nll),
@@ -119,14 +113,12 @@ def search_speed(setup: Setup, target: Budget, out, overwrite: bool) -> tuple[Pa
         return {**entry, "_choice": choice}
 
     goal = table.dense / target.value  # seconds of one prefill the budget allows
-    baselines = _baselines(structure, proxies, table, goal / AIM)
-    points = [measure(choice, "baseline", label) for label, choice in baselines]
-    points += _candidates(structure, proxies, table, target, goal, measure, setup.deadline)
+    points = [measure(choice, "baseline", label) for label, choice in _baselines(structure, proxies, table, goal / AIM)]
+    uniform = _best_uniform(target, points)
+    points += _candidates(structure, proxies, table, target, goal, uniform, measure, setup.deadline)
     chosen = _choose(target, points)
 
-    kept = best.get("result") if best.get("key") == choice_key(chosen["_choice"]) else None
-    best.clear()
-    model_dir, report = final_model(setup, state, chosen, kept)
+    model_dir, report = final_model(setup, state, chosen)
     timed = compare_latency({"dense": model, "final": load(model_dir).model.eval()}, window, new_tokens=0,
                             repeats=REPEATS)
     speedup = paired_speedup(timed, "dense", "final")
@@ -159,11 +151,12 @@ def search_speed(setup: Setup, target: Budget, out, overwrite: bool) -> tuple[Pa
     return (None if out is None else Path(out)), public(chosen), pareto
 
 
-def _measured(setup: Setup, recipe: list[dict], window: torch.Tensor) -> tuple[dict, CompressionResult]:
-    """Build ``recipe`` on a copy of the dense model as the final compression would, and measure
-    its loss on the held-out windows, its prefill beside the dense model's and its stored bytes;
-    returns the figures and the built model."""
-    result = compress(replace(setup.lm, model=copy.deepcopy(setup.lm.model)), recipe, setup.windows, progress=False,
+def _measured(setup: Setup, structure: Structure, choice: dict[str, str], window: torch.Tensor) -> dict:
+    """Cut ``choice`` from a copy of the dense model (:meth:`Structure.build`), and measure its
+    loss on the held-out windows, its prefill beside the dense model's and its stored bytes."""
+    model = copy.deepcopy(setup.lm.model)
+    rest = structure.build(ModelAdapter.from_model(model), choice)
+    result = compress(replace(setup.lm, model=model), rest, setup.windows, progress=False,
                       batch_size=setup.execution.batch_size)
     candidate = result.model
     nll = model_nll(candidate, setup.verify, setup.progress)
@@ -173,7 +166,7 @@ def _measured(setup: Setup, recipe: list[dict], window: torch.Tensor) -> tuple[d
         marker = json.loads((Path(folder) / "model" / NETSLIM_MARKER).read_text(encoding="utf-8"))
     stored = marker["storage"]["summary"]["tensor_bytes"]
     return {"nll": nll, "latency_s": timed["candidate"].prefill_s, "dense_latency_s": timed["dense"].prefill_s,
-            "speedup": paired_speedup(timed, "dense", "candidate"), "bytes": stored}, result
+            "speedup": paired_speedup(timed, "dense", "candidate"), "bytes": stored}
 
 
 def _options(structure: Structure, proxies: StructureProxies, table: LatencyTable, weighting: float = 1.0,
@@ -183,27 +176,38 @@ def _options(structure: Structure, proxies: StructureProxies, table: LatencyTabl
             for index, name in enumerate(structure.names)}
 
 
-def _uniform_cuts(structure: Structure, table: LatencyTable, goal: float) -> tuple[Cut | None, Cut | None]:
-    """The uniform width cut (the same in every block) of least energy that the latency table
-    says meets ``goal`` seconds, and the lighter one (less energy) closest to meeting it."""
-    blocks = len(structure.names)
-    predict = lambda c: table.fixed + blocks * table.blocks[c.label]  # noqa: E731
-    energy = lambda c: sum(structure.energy(i, c) for i in range(blocks))  # noqa: E731
-    fast = [c for c in structure.cuts if predict(c) <= goal]
-    if not fast:
-        return None, None
-    heavy = min(fast, key=energy)
-    lighter = [c for c in structure.cuts if predict(c) > goal and energy(c) < energy(heavy)]
-    return heavy, min(lighter, key=predict, default=None)
+def _uniform_cuts(structure: Structure, table: LatencyTable, goal: float) -> list[Cut]:
+    """The uniform width cuts (the same in every block) that the latency table says meet
+    ``goal`` seconds: for each number of attention units removed, the one removing fewest
+    neurons (the least energy of that count)."""
+    fewest: dict[int, Cut] = {}
+    for cut in structure.cuts:
+        fast = _uniform_seconds(structure, table, cut) <= goal
+        if fast and (cut.units not in fewest or cut.neurons < fewest[cut.units].neurons):
+            fewest[cut.units] = cut
+    return [fewest[units] for units in sorted(fewest)]
+
+
+def _lighter_cut(structure: Structure, table: LatencyTable, goal: float, heavy: Cut) -> Cut | None:
+    """Of the cuts with less energy than ``heavy`` that the latency table says miss ``goal``
+    seconds when in every block, the one closest to meeting it."""
+    energy = lambda c: sum(structure.energy(i, c) for i in range(len(structure.names)))  # noqa: E731
+    seconds = lambda c: _uniform_seconds(structure, table, c)  # noqa: E731
+    lighter = [c for c in structure.cuts if seconds(c) > goal and energy(c) < energy(heavy)]
+    return min(lighter, key=seconds, default=None)
+
+
+def _uniform_seconds(structure: Structure, table: LatencyTable, cut: Cut) -> float:
+    return table.fixed + len(structure.names) * table.blocks[cut.label]
 
 
 def _baselines(structure: Structure, proxies: StructureProxies, table: LatencyTable, goal: float):
-    """(label, choice) of the single-method baselines: the least uniform width cut, and the
-    fewest cheapest blocks removed, that the latency table says meet ``goal`` seconds."""
+    """(label, choice) of the single-method baselines: the uniform width cuts of
+    :func:`_uniform_cuts`, and the fewest cheapest blocks removed, that the latency table says
+    meet ``goal`` seconds."""
     names = structure.names
-    heavy, _ = _uniform_cuts(structure, table, goal)
-    if heavy is not None:
-        yield f"width {heavy.label} (uniform)", {n: heavy.label for n in names}
+    for cut in _uniform_cuts(structure, table, goal):
+        yield f"width {cut.label} (uniform)", {n: cut.label for n in names}
     dense = Cut(0, 0).label
     order = sorted(range(len(names)), key=lambda i: proxies.drop_rise[i])
     for count in range(1, len(names)):
@@ -214,8 +218,17 @@ def _baselines(structure: Structure, proxies: StructureProxies, table: LatencyTa
             return
 
 
+def _best_uniform(target: Budget, points: list[dict]) -> Cut | None:
+    """The uniform width cut with the lowest measured loss among those measured fast enough."""
+    uniform = [p for p in points if len(set(p["_choice"].values())) == 1 and DROP not in p["_choice"].values()
+               and p["speedup"] >= target.value]
+    return Cut.parse(next(iter(min(uniform, key=_rank)["_choice"].values()))) if uniform else None
+
+
 def _candidates(structure: Structure, proxies: StructureProxies, table: LatencyTable, target: Budget, goal: float,
-                measure, deadline) -> list[dict]:
+                uniform: Cut | None, measure, deadline) -> list[dict]:
+    """The solver's candidates, measured (module docstring, step 3); ``uniform``: the best
+    measured uniform cut, which the near-uniform candidate mixes with the next lighter one."""
     points: list[dict] = []
     seen: set[str] = set()
 
@@ -240,9 +253,9 @@ def _candidates(structure: Structure, proxies: StructureProxies, table: LatencyT
         if late(deadline) and points:
             return points
         add(solve(weighting, goal / AIM), f"allocation, sensitivity^{weighting:g}")
-    heavy, light = _uniform_cuts(structure, table, goal / AIM)
+    light = None if uniform is None else _lighter_cut(structure, table, goal / AIM, uniform)
     if light is not None and not late(deadline):  # near uniform: every block takes one of the two
-        add(solve(1.0, goal / AIM, {heavy.label, light.label}), f"allocation, {heavy.label} or {light.label}")
+        add(solve(1.0, goal / AIM, {uniform.label, light.label}), f"allocation, {uniform.label} or {light.label}")
     for step in range(REFINE):
         if late(deadline) or not points or any(p["speedup"] >= target.value for p in points[-len(seen):]):
             break

@@ -16,9 +16,14 @@ and sparse layers run as dense ones.
   a cut's *energy* is the sum of the scores it removes. Per block, the rise in next-token loss
   on held-out windows with one probe cut (one attention unit and half the MLP) turns energy
   into nats (shrunk halfway toward the model-wide ratio, as the quantization proxies are), and
-  the rise with the block skipped is the cost of removing it. Probes cut with FLAP's bias
-  compensation only (a refit needs a forward of the block over the calibration): they rank the
-  blocks; the measured candidates carry the refit.
+  the rise with the block skipped is the cost of removing it.
+- **Refit from one sweep**: the sweep that scores the blocks also keeps, per block, ``E[x x^T]``
+  and ``E[x]`` of the attention and MLP output projections' inputs. Cutting heads or neurons
+  leaves the other heads' and neurons' activations as they were (for the same block input), so
+  the least-squares refit of any cut of a block is solved from these dense statistics, with no
+  forward: every probe and every candidate is cut and refitted this way (:meth:`Structure.cut`).
+  The final model replays the recipe, whose width stage refits each kept block on the states
+  that reach it in the cut model.
 
 A choice (block name -> option label) replays as one recipe (:func:`recipe`): ``depth`` with
 the removed blocks, ``width`` with per-block counts, and the stored grid :data:`STORE` on top.
@@ -38,19 +43,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from netslim.engine.capture import BlockCall, capture_block_inputs, run_block
+from netslim.engine.stats import LayerStats
 from netslim.engine.sweep import tail_loss
 from netslim.errors import ConfigError
 from netslim.eval.latency import num_threads, prefill_once
 from netslim.methods.base import Sweep
-from netslim.methods.width import BlockScores, WidthConfig, cut_block, score_blocks
+from netslim.methods.width import REFIT_NEEDS, BlockScores, WidthConfig, cut_block, score_blocks
+from netslim.models import surgery
 from netslim.models.adapter import ModelAdapter
 
-VERSION = 2  # of how the structural proxies and points are measured (part of the cache key)
+VERSION = 3  # of how the structural proxies and points are measured (part of the cache key)
 DROP = "drop"  # the option that removes the whole block
 LEVELS = 8  # MLP widths step by an eighth of the dense width ...
 MIN_KEPT = 0.25  # ... down to a quarter of it
 NEURON_MULTIPLE = 64  # kept MLP widths of 512 neurons or more stay multiples of this
-FLAP = WidthConfig(score="flap")  # the scores of every cut, and the compensation of the probes
+FLAP = WidthConfig(score="flap")  # the scores of every cut
 STORE = {"method": "rtn", "bits": 8, "group_size": -1}  # stored on top: 8-bit codes, run as float by torch
 SHRINK, FLOOR = 0.5, 0.25  # a block's sensitivity: this share its own, at least this share of the model's
 
@@ -79,7 +86,9 @@ class Structure:
     Attributes:
         names: The blocks' full names, in order.
         scores: Per block, FLAP's scores (:class:`netslim.methods.width.BlockScores`).
-        moments: Per block, the output projections' input moments (for the compensation).
+        moments: Per block, the output projections' input moments (FLAP's fluctuations).
+        signals: Per block, the statistics of the attention and MLP output projections'
+            inputs in the dense model (``E[x x^T]``, ``E[x]``), which every cut is refitted by.
         cuts: The width options (the same in every block; ``u0 n0`` is the dense block).
         head_dim: Channels per attention head.
     """
@@ -87,24 +96,35 @@ class Structure:
     names: list[str]
     scores: list[BlockScores]
     moments: list
+    signals: list[tuple[LayerStats, LayerStats]]
     cuts: list[Cut]
     head_dim: int
 
     @classmethod
     def measure(cls, adapter: ModelAdapter, sweep: Sweep) -> Structure:
-        """Score every block (one sweep of the dense model) and lay out the options.
+        """Score every block and keep the statistics its cuts are refitted by (one sweep of
+        the dense model), and lay out the options.
 
         Raises:
             ConfigError: blocks of different shapes (a model already pruned unevenly).
         """
-        scores, moments = score_blocks(FLAP, adapter, sweep)
+        outputs = (adapter.spec.attn_out, adapter.spec.mlp_out)
+        signals: list = [None] * adapter.num_blocks
+
+        def keeping(needs, **kwargs):  # the scoring sweep, gathering the refit's statistics too
+            for index, block in sweep(needs | REFIT_NEEDS, **kwargs):
+                signals[index] = tuple(block.layers[f"{adapter.block_name(index)}.{path}"] for path in outputs)
+                yield index, block
+
+        scores, moments = score_blocks(FLAP, adapter, keeping)
         shapes = {(s.head_units.numel(), s.neurons.numel()) for s in scores}
         if len(shapes) > 1:
             raise ConfigError("a speed budget needs decoder blocks of one shape; this model's differ "
                               f"({sorted(shapes)}): search the model before any width pruning")
         units, neurons = shapes.pop()
         cuts = [Cut(u, n) for u in range(max(units, 1)) for n in neuron_options(neurons)]
-        return cls([adapter.block_name(i) for i in range(adapter.num_blocks)], scores, moments, cuts, adapter.head_dim)
+        return cls([adapter.block_name(i) for i in range(adapter.num_blocks)], scores, moments, signals, cuts,
+                   adapter.head_dim)
 
     def labels(self) -> list[str]:
         return [c.label for c in self.cuts] + [DROP]
@@ -124,6 +144,23 @@ class Structure:
         units = max(c.units for c in self.cuts)
         neurons = sorted({c.neurons for c in self.cuts})
         return Cut(min(units, 1), neurons[len(neurons) // 2])
+
+    def cut(self, adapter: ModelAdapter, index: int, cut: Cut) -> None:
+        """Apply ``cut`` to block ``index`` of ``adapter``'s model (the dense model, or a copy
+        of it), its output projections' kept columns refitted on the dense statistics."""
+        if cut.units or cut.neurons:
+            cut_block(adapter, index, self.scores[index], cut.units, cut.neurons, self.moments[index], FLAP,
+                      self.signals[index])
+
+    def build(self, adapter: ModelAdapter, choice: dict[str, str]) -> list[dict]:
+        """Cut every kept block of ``adapter``'s model (a copy of the dense one) as ``choice``
+        says, each refitted on the dense statistics; returns the stages still to run on it
+        (the blocks to remove, the stored grid)."""
+        for index, name in enumerate(self.names):
+            if choice[name] != DROP:
+                self.cut(adapter, index, Cut.parse(choice[name]))
+        surgery.sync_config(adapter)
+        return [stage for stage in self.recipe(choice) if stage["method"] != "width"]
 
     def recipe(self, choice: dict[str, str]) -> list[dict]:
         """The recipe that builds ``choice`` (block name -> label) from the dense model: the
@@ -163,10 +200,10 @@ def swapped(adapter: ModelAdapter, index: int, block: nn.Module) -> Iterator[Non
 
 
 def cut_copy(adapter: ModelAdapter, structure: Structure, index: int, cut: Cut) -> nn.Module:
-    """A copy of block ``index`` with ``cut`` applied (the original is untouched)."""
+    """A copy of block ``index`` with ``cut`` applied and refitted (the original is untouched)."""
     block = copy.deepcopy(adapter.blocks[index])
     with swapped(adapter, index, block):
-        cut_block(adapter, index, structure.scores[index], cut.units, cut.neurons, structure.moments[index], FLAP)
+        structure.cut(adapter, index, cut)
     return block
 
 
