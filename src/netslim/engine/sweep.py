@@ -117,8 +117,12 @@ def gradients(adapter: ModelAdapter, ids: torch.Tensor) -> dict[str, torch.Tenso
 def tail_loss(adapter: ModelAdapter, hidden: torch.Tensor, calls: list, start: int, ids: torch.Tensor,
               batch_size: int = 1) -> float:
     """Mean next-token NLL of ``ids`` with ``hidden`` entering block ``start`` and the blocks from
-    there on as the model holds them (``start == num_blocks``: only the final norm and head)."""
+    there on as the model holds them (``start == num_blocks``: only the final norm and head).
+    The head runs one window at a time: a window's logits over the vocabulary, not all of them."""
     for index in range(start, adapter.num_blocks):
         hidden = run_block(adapter.blocks[index], hidden, calls[index], batch_size)
-    logits = adapter.lm_head(adapter.final_norm(hidden))[:, :-1].float()
-    return float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten().to(logits.device)))
+    total = 0.0
+    for states, window in zip(hidden, ids):
+        logits = adapter.lm_head(adapter.final_norm(states[:-1])).float()
+        total += float(F.cross_entropy(logits, window[1:].to(logits.device), reduction="sum"))
+    return total / (ids.shape[0] * (ids.shape[1] - 1))
