@@ -159,10 +159,12 @@ def test_uniform_baselines_one_per_head_count_and_the_near_uniform_candidate_aro
     target = parse_budget("speedup=1.1x")
     point = lambda cut, nll, speedup: {"_choice": {n: cut.label for n in names}, "nll": nll,  # noqa: E731
                                        "latency_s": 1.0, "speedup": speedup}
-    measured = [point(cuts[0], 3.0, 1.2), point(cuts[1], 2.0, 1.2), point(cuts[-1], 1.0, 1.05)]
-    assert speed._best_uniform(target, measured) == cuts[1]  # the lowest loss of those meeting the budget
-    assert speed._best_uniform(target, measured[2:]) is None
-    heavy = cuts[1]
+    heavy = cuts[-1]
+    mixed = {**{n: heavy.label for n in names}, names[0]: cuts[0].label}
+    measured = [point(cuts[0], 1.0, 1.05), point(heavy, 2.0, 1.2), {**point(heavy, 0.5, 1.3), "_choice": mixed}]
+    # the lowest loss among the uniform cuts that meet the budget: not the faster mixed choice, not the slow one
+    assert len(cuts) > 1 and speed._best_uniform(target, measured) == heavy
+    assert speed._best_uniform(target, measured[:1]) is None
     light = speed._lighter_cut(structure, table, goal, heavy)
     assert uniform(light) > goal and energy(light) < energy(heavy)
     assert all(uniform(c) >= uniform(light) for c in structure.cuts if uniform(c) > goal and energy(c) < energy(heavy))
