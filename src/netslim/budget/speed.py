@@ -14,11 +14,11 @@ The steps (each result kept in the cache, so an interrupted search resumes):
 3. the solver (:mod:`netslim.budget.allocate`) picks one option per block with the smallest
    estimated loss under the latency budget, under three weightings of the block
    sensitivities, and once with every block restricted to the best measured uniform cut or
-   the next lighter one; each candidate is cut from a copy of the dense model with every block refitted on
-   the dense statistics (no forward over the calibration windows: seconds, where compressing
-   it takes a calibration pass), measured on held-out windows of the calibration text and
-   timed beside the dense model; a candidate slower than measured to be needed tightens the
-   budget by its measured over predicted time for the next one;
+   the next lighter one; each candidate is cut from a copy of the dense model with every
+   block refitted on the dense statistics (no forward over the calibration windows: seconds,
+   where compressing it takes a calibration pass), measured on held-out windows of the
+   calibration text and timed beside the dense model; a candidate slower than measured to be
+   needed tightens the budget by its measured over predicted time for the next one;
 4. the fastest-enough candidate with the lowest loss is compressed by ``compress_job`` with
    its recipe (the candidate's shapes, so its speed and bytes; its width stage refits each
    kept block on the states that reach it in the cut model, so the loss differs a little),
@@ -182,7 +182,7 @@ def _uniform_cuts(structure: Structure, table: LatencyTable, goal: float) -> lis
     neurons (the least energy of that count)."""
     fewest: dict[int, Cut] = {}
     for cut in structure.cuts:
-        fast = _uniform_seconds(structure, table, cut) <= goal
+        fast = table.predict(_everywhere(structure, cut)) <= goal
         if fast and (cut.units not in fewest or cut.neurons < fewest[cut.units].neurons):
             fewest[cut.units] = cut
     return [fewest[units] for units in sorted(fewest)]
@@ -192,13 +192,14 @@ def _lighter_cut(structure: Structure, table: LatencyTable, goal: float, heavy: 
     """Of the cuts with less energy than ``heavy`` that the latency table says miss ``goal``
     seconds when in every block, the one closest to meeting it."""
     energy = lambda c: sum(structure.energy(i, c) for i in range(len(structure.names)))  # noqa: E731
-    seconds = lambda c: _uniform_seconds(structure, table, c)  # noqa: E731
+    seconds = lambda c: table.predict(_everywhere(structure, c))  # noqa: E731
     lighter = [c for c in structure.cuts if seconds(c) > goal and energy(c) < energy(heavy)]
     return min(lighter, key=seconds, default=None)
 
 
-def _uniform_seconds(structure: Structure, table: LatencyTable, cut: Cut) -> float:
-    return table.fixed + len(structure.names) * table.blocks[cut.label]
+def _everywhere(structure: Structure, cut: Cut) -> dict[str, str]:
+    """The choice of ``cut`` in every block."""
+    return dict.fromkeys(structure.names, cut.label)
 
 
 def _baselines(structure: Structure, proxies: StructureProxies, table: LatencyTable, goal: float):
@@ -207,7 +208,7 @@ def _baselines(structure: Structure, proxies: StructureProxies, table: LatencyTa
     meet ``goal`` seconds."""
     names = structure.names
     for cut in _uniform_cuts(structure, table, goal):
-        yield f"width {cut.label} (uniform)", {n: cut.label for n in names}
+        yield f"width {cut.label} (uniform)", _everywhere(structure, cut)
     dense = Cut(0, 0).label
     order = sorted(range(len(names)), key=lambda i: proxies.drop_rise[i])
     for count in range(1, len(names)):
